@@ -1,0 +1,378 @@
+"""The queue's state machine: ``apply(state, ops, now_ms, nonce) -> (state, results)``.
+
+Pure: no I/O, no clock, no randomness but the ``nonce`` the caller passes (lease tokens
+are derived from it). One call is one commit: it first expires lapsed claims, then
+applies every operation in order, and returns a state whose ``revision`` is one higher.
+
+Cost is O(jobs + batch): the containers are copied once, claims walk the FIFO with a
+single cursor per commit (jobs that become ready behind the cursor go on a small heap),
+and every other operation is a dict lookup.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+from collections.abc import Sequence
+
+from msgspec.structs import replace
+
+from obque.core import limits
+from obque.core.model import Applied, Job, JobClaim, Stats
+from obque.core.ops import (
+    Ack,
+    Advertise,
+    Claim,
+    ClaimedJob,
+    ClaimResult,
+    ConfigResult,
+    Configure,
+    CountResult,
+    Heartbeat,
+    ItemResult,
+    ItemsResult,
+    LeaseRef,
+    Nack,
+    NackItem,
+    Op,
+    OpError,
+    Purge,
+    Push,
+    PushResult,
+    Redrive,
+    Result,
+)
+from obque.core.state import QueueState
+
+__all__ = ["apply", "lease_token", "retry_delay_ms"]
+
+LEASE_LOST = "lease_lost"
+NOT_FOUND = "not_found"
+
+
+def lease_token(nonce: bytes, job_id: str, attempt: int) -> str:
+    """An opaque, unguessable lease: a keyed hash of the commit's random nonce."""
+    digest = hashlib.blake2b(
+        f"{job_id}:{attempt}".encode(), key=nonce[:64], digest_size=12
+    ).digest()
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def retry_delay_ms(attempts: int, base_s: float, cap_s: float) -> int:
+    """Exponential backoff: base, 2*base, 4*base ... after the 1st, 2nd, 3rd attempt."""
+    exponent = min(max(attempts - 1, 0), 60)
+    return round(min(base_s * float(2**exponent), cap_s) * 1000)
+
+
+def apply(
+    state: QueueState, ops: Sequence[Op], now_ms: int, nonce: bytes
+) -> tuple[QueueState, list[Result]]:
+    txn = _Commit(state, now_ms, nonce)
+    txn.expire_claims()
+    results = [txn.run(op) for op in ops]
+    return txn.finish(), results
+
+
+class _Commit:
+    """The mutable working copy of one commit."""
+
+    def __init__(self, state: QueueState, now_ms: int, nonce: bytes) -> None:
+        self.base = state
+        self.now = now_ms
+        self.nonce = nonce
+        self.config = state.config
+        self.broker = state.broker
+        self.next_seq = state.next_seq
+        self.jobs = state.jobs.copy()
+        self.keys = state.keys.copy()
+        self.dead = list(state.dead)
+        self.applied = state.applied.copy()
+        self.counters = dict.fromkeys(Stats.__struct_fields__, 0)
+        # Claim cursor over the FIFO, built on the first claim of the commit.
+        self._order: list[str] | None = None
+        self._pos = 0
+        self._index: dict[str, int] | None = None
+        self._behind: list[tuple[int, str]] = []
+
+    # -- commit frame -------------------------------------------------------------
+
+    def finish(self) -> QueueState:
+        self._prune_applied()
+        self.counters["commits"] += 1
+        old = self.base.stats
+        stats = replace(old, **{k: getattr(old, k) + v for k, v in self.counters.items() if v})
+        return QueueState(
+            name=self.base.name,
+            revision=self.base.revision + 1,
+            next_seq=self.next_seq,
+            config=self.config,
+            broker=self.broker,
+            jobs=self.jobs,
+            dead=tuple(self.dead),
+            applied=self.applied,
+            stats=stats,
+            keys=self.keys,
+            extras=self.base.extras,
+        )
+
+    def run(self, op: Op) -> Result:
+        match op:
+            case Push():
+                return self.push(op)
+            case Claim():
+                return self.claim(op)
+            case Heartbeat():
+                return ItemsResult(tuple(self.heartbeat(r, op.lease_ms) for r in op.leases))
+            case Ack():
+                return ItemsResult(tuple(self.ack(r) for r in op.leases))
+            case Nack():
+                return ItemsResult(tuple(self.nack(item) for item in op.items))
+            case Redrive():
+                return CountResult(self.redrive(op.ids))
+            case Purge():
+                return CountResult(self.purge(op.ids))
+            case Configure():
+                self.config = op.applied_to(self.config)
+                return ConfigResult(self.config)
+            case Advertise():
+                self.broker = op.broker
+                return CountResult(1)
+        raise TypeError(f"not an operation: {op!r}")  # pragma: no cover
+
+    def _max_attempts(self, job: Job) -> int:
+        return job.max_attempts or self.config.max_attempts
+
+    def _remember_key(self, job: Job) -> None:
+        """A keyed job leaves the live set: its key keeps deduplicating for a while."""
+        if job.key is not None and self.keys.get(job.key) == job.id:
+            del self.keys[job.key]
+            self.applied.pop(f"k:{job.key}", None)  # re-insert at the end: newest last
+            self.applied[f"k:{job.key}"] = Applied(at_ms=self.now, id=job.id)
+
+    def _prune_applied(self) -> None:
+        # Entries are inserted in time order, so the oldest are at the front.
+        horizon = self.now - self.config.dedup_seconds * 1000
+        excess = len(self.applied) - limits.MAX_APPLIED
+        stale = []
+        for name, entry in self.applied.items():
+            if entry.at_ms >= horizon and excess <= 0:
+                break
+            stale.append(name)
+            excess -= 1
+        for name in stale:
+            del self.applied[name]
+
+    # -- expiry ---------------------------------------------------------------------
+
+    def expire_claims(self) -> None:
+        now = self.now
+        lapsed = [
+            job
+            for job in self.jobs.values()
+            if job.claim is not None and job.claim.expires_ms < now
+        ]
+        for job in lapsed:
+            self.counters["expired"] += 1
+            if job.attempts >= self._max_attempts(job):
+                self._bury(job, "lease expired on the last attempt")
+            else:
+                self.jobs[job.id] = replace(job, claim=None, ready_ms=now)
+
+    # -- push -------------------------------------------------------------------------
+
+    def push(self, op: Push) -> Result:
+        limit = self.config.max_payload_bytes
+        for new in op.jobs:
+            if len(new.payload) > limit:
+                return OpError(
+                    "payload_too_large",
+                    f"a payload of {len(new.payload)} bytes exceeds this queue's "
+                    f"max_payload_bytes of {limit}",
+                )
+        if len(self.jobs) + len(op.jobs) > self.config.max_jobs:
+            return OpError(
+                "queue_full",
+                f"queue {self.base.name!r} holds {len(self.jobs)} jobs; max_jobs is "
+                f"{self.config.max_jobs}",
+            )
+        ids: list[str] = []
+        duplicates: list[str] = []
+        for new in op.jobs:
+            if new.key is not None and (existing := self._find_key(new.key)) is not None:
+                ids.append(existing)
+                duplicates.append(existing)
+                continue
+            job_id = str(self.next_seq)
+            self.next_seq += 1
+            self._append(
+                Job(
+                    id=job_id,
+                    payload=new.payload,
+                    enqueued_ms=self.now,
+                    ready_ms=self.now + new.delay_ms,
+                    key=new.key,
+                    max_attempts=new.max_attempts,
+                )
+            )
+            ids.append(job_id)
+        self.counters["pushed"] += len(ids) - len(duplicates)
+        return PushResult(tuple(ids), tuple(duplicates))
+
+    def _find_key(self, key: str) -> str | None:
+        if (live := self.keys.get(key)) is not None:
+            return live
+        seen = self.applied.get(f"k:{key}")
+        if seen is not None and seen.at_ms >= self.now - self.config.dedup_seconds * 1000:
+            return seen.id
+        return None
+
+    def _append(self, job: Job) -> None:
+        self.jobs[job.id] = job
+        if job.key is not None:
+            self.keys.setdefault(job.key, job.id)
+        if self._order is not None:
+            if self._index is not None:
+                self._index[job.id] = len(self._order)
+            self._order.append(job.id)
+
+    # -- claim ------------------------------------------------------------------------
+
+    def claim(self, op: Claim) -> ClaimResult:
+        lease_ms = op.lease_ms or self.config.lease_seconds * 1000
+        got: list[ClaimedJob] = []
+        while len(got) < op.max:
+            job = self._next_ready()
+            if job is None:
+                break
+            attempt = job.attempts + 1
+            lease = lease_token(self.nonce, job.id, attempt)
+            expires = self.now + lease_ms
+            self.jobs[job.id] = replace(
+                job,
+                attempts=attempt,
+                claim=JobClaim(
+                    worker=op.worker, lease=lease, expires_ms=expires, heartbeat_ms=self.now
+                ),
+            )
+            got.append(ClaimedJob(job.id, job.payload, attempt, lease, expires))
+        return ClaimResult(tuple(got))
+
+    def _is_ready(self, job_id: str) -> Job | None:
+        job = self.jobs.get(job_id)
+        if job is None or job.claim is not None or job.ready_ms > self.now:
+            return None
+        return job
+
+    def _next_ready(self) -> Job | None:
+        """The earliest ready job in FIFO order, or None."""
+        if self._order is None:
+            self._order = list(self.jobs)
+        order = self._order
+        while self._pos < len(order) and self._is_ready(order[self._pos]) is None:
+            self._pos += 1
+        while self._behind and self._is_ready(self._behind[0][1]) is None:
+            heapq.heappop(self._behind)
+        if self._behind and (self._pos >= len(order) or self._behind[0][0] < self._pos):
+            return self.jobs[heapq.heappop(self._behind)[1]]
+        if self._pos < len(order):
+            self._pos += 1
+            return self.jobs[order[self._pos - 1]]
+        return None
+
+    def _became_ready(self, job_id: str) -> None:
+        """A job at its old FIFO place is ready again: claims must see it before newer ones."""
+        if self._order is None:
+            return
+        if self._index is None:
+            self._index = {jid: i for i, jid in enumerate(self._order)}
+        index = self._index[job_id]
+        if index < self._pos:
+            heapq.heappush(self._behind, (index, job_id))
+
+    # -- settle: heartbeat, ack, nack ---------------------------------------------------
+
+    def _held(self, ref: LeaseRef) -> Job | ItemResult:
+        job = self.jobs.get(ref.id)
+        if job is None:
+            return ItemResult(ref.id, False, self._missing(ref.id))
+        if job.claim is None or job.claim.lease != ref.lease:
+            return ItemResult(ref.id, False, LEASE_LOST)
+        return job
+
+    def _missing(self, job_id: str) -> str:
+        # An id this queue once issued lost its lease (acked, dead, purged); others never were.
+        if job_id.isdigit() and 0 < int(job_id) < self.next_seq:
+            return LEASE_LOST
+        return NOT_FOUND
+
+    def heartbeat(self, ref: LeaseRef, lease_ms: int | None) -> ItemResult:
+        job = self._held(ref)
+        if isinstance(job, ItemResult):
+            return job
+        assert job.claim is not None
+        expires = self.now + (lease_ms or self.config.lease_seconds * 1000)
+        claim = replace(job.claim, expires_ms=expires, heartbeat_ms=self.now)
+        self.jobs[job.id] = replace(job, claim=claim)
+        return ItemResult(job.id, True, lease_expires_ms=expires)
+
+    def ack(self, ref: LeaseRef) -> ItemResult:
+        job = self._held(ref)
+        if isinstance(job, ItemResult):
+            return job
+        del self.jobs[job.id]
+        self._remember_key(job)
+        self.counters["acked"] += 1
+        return ItemResult(job.id, True)
+
+    def nack(self, item: NackItem) -> ItemResult:
+        job = self._held(LeaseRef(item.id, item.lease))
+        if isinstance(job, ItemResult):
+            return job
+        self.counters["nacked"] += 1
+        error = item.error if item.error is not None else job.last_error
+        if item.dead or job.attempts >= self._max_attempts(job):
+            self._bury(replace(job, last_error=error), error or "attempts exhausted")
+            return ItemResult(job.id, True)
+        delay = item.delay_ms
+        if delay is None:
+            c = self.config
+            delay = retry_delay_ms(job.attempts, c.retry_delay_seconds, c.retry_delay_max_seconds)
+        self.jobs[job.id] = replace(job, claim=None, ready_ms=self.now + delay, last_error=error)
+        if delay <= 0:
+            self._became_ready(job.id)
+        return ItemResult(job.id, True)
+
+    # -- dead letters -------------------------------------------------------------------
+
+    def _bury(self, job: Job, reason: str) -> None:
+        del self.jobs[job.id]
+        self._remember_key(job)
+        self.dead.append(replace(job, claim=None, last_error=job.last_error or reason))
+        self.counters["dead"] += 1
+        overflow = len(self.dead) - self.config.dead_retention
+        if overflow > 0:
+            del self.dead[:overflow]
+            self.counters["dead_dropped"] += overflow
+
+    def _take_dead(self, ids: tuple[str, ...] | None) -> list[Job]:
+        if ids is None:
+            taken, self.dead = self.dead, []
+            return taken
+        wanted = set(ids)
+        taken = [job for job in self.dead if job.id in wanted]
+        if taken:
+            self.dead = [job for job in self.dead if job.id not in wanted]
+        return taken
+
+    def redrive(self, ids: tuple[str, ...] | None) -> int:
+        taken = self._take_dead(ids)
+        for job in taken:
+            self._append(replace(job, attempts=0, claim=None, ready_ms=self.now))
+        self.counters["redriven"] += len(taken)
+        return len(taken)
+
+    def purge(self, ids: tuple[str, ...] | None) -> int:
+        taken = self._take_dead(ids)
+        self.counters["purged"] += len(taken)
+        return len(taken)

@@ -1,0 +1,342 @@
+"""Operations a commit applies, and what each answers.
+
+Operations are validated when built (``Push.of``, ``Claim.of`` ...), so the engine API,
+the HTTP layer and the intent protocol reject the same inputs with the same messages.
+Limits that depend on the queue's own config (payload size, queue size) are checked by
+``apply`` and answered per operation as ``OpError``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from obque.core import limits
+from obque.core.errors import InvalidRequest
+from obque.core.model import BrokerRecord, QueueConfig
+
+__all__ = [
+    "Ack",
+    "Advertise",
+    "Claim",
+    "ClaimResult",
+    "ClaimedJob",
+    "ConfigResult",
+    "Configure",
+    "CountResult",
+    "Heartbeat",
+    "ItemResult",
+    "ItemsResult",
+    "LeaseRef",
+    "Nack",
+    "NackItem",
+    "NewJob",
+    "Op",
+    "OpError",
+    "Purge",
+    "Push",
+    "PushResult",
+    "Redrive",
+    "Result",
+    "encode_payload",
+]
+
+
+def encode_payload(payload: Any) -> msgspec.Raw:
+    """A Python value as the raw JSON a job stores."""
+    try:
+        return msgspec.Raw(msgspec.json.encode(payload))
+    except (TypeError, OverflowError) as exc:
+        raise InvalidRequest(f"payload is not JSON-serialisable: {exc}") from exc
+
+
+def _seconds_to_ms(value: float | None, what: str, low: float, high: float) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRequest(f"{what} must be a number of seconds, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{what} must be between {low:g} and {high:g} seconds, got {value!r}")
+    return round(value * 1000)
+
+
+def _text(value: object, what: str, limit: int) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{what} must be a non-empty string")
+    if len(value) > limit:
+        raise InvalidRequest(f"{what} is longer than {limit} characters")
+    return value
+
+
+def _int(value: object, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidRequest(f"{what} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    payload: msgspec.Raw
+    key: str | None = None
+    delay_ms: int = 0
+    max_attempts: int | None = None
+
+    @classmethod
+    def of(
+        cls,
+        payload: Any,
+        key: str | None = None,
+        delay_seconds: float | None = None,
+        max_attempts: int | None = None,
+    ) -> NewJob:
+        raw = payload if isinstance(payload, msgspec.Raw) else encode_payload(payload)
+        return cls(
+            payload=raw,
+            key=None if key is None else _text(key, "key", limits.MAX_KEY_CHARS),
+            delay_ms=_seconds_to_ms(delay_seconds, "delay_seconds", 0, limits.MAX_DELAY_SECONDS)
+            or 0,
+            max_attempts=None
+            if max_attempts is None
+            else _int(max_attempts, "max_attempts", 1, limits.MAX_ATTEMPTS_LIMIT),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    jobs: tuple[NewJob, ...]
+
+    @classmethod
+    def of(cls, jobs: Iterable[NewJob]) -> Push:
+        batch = tuple(jobs)
+        if not 1 <= len(batch) <= limits.MAX_PUSH_BATCH:
+            raise InvalidRequest(
+                f"a push carries 1 to {limits.MAX_PUSH_BATCH} jobs, got {len(batch)}"
+            )
+        return cls(batch)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    worker: str
+    max: int = 1
+    lease_ms: int | None = None
+
+    @classmethod
+    def of(cls, worker: str, max: int = 1, lease_seconds: float | None = None) -> Claim:
+        return cls(
+            worker=_text(worker, "worker", limits.MAX_WORKER_CHARS),
+            max=_int(max, "max", 1, limits.MAX_CLAIM),
+            lease_ms=_seconds_to_ms(
+                lease_seconds, "lease_seconds", limits.MIN_LEASE_SECONDS, limits.MAX_LEASE_SECONDS
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRef:
+    id: str
+    lease: str
+
+    @classmethod
+    def of(cls, id: str, lease: str) -> LeaseRef:
+        return cls(
+            _text(id, "id", limits.MAX_ID_CHARS), _text(lease, "lease", limits.MAX_LEASE_CHARS)
+        )
+
+
+def _leases(refs: Iterable[LeaseRef], what: str) -> tuple[LeaseRef, ...]:
+    batch = tuple(refs)
+    if not 1 <= len(batch) <= limits.MAX_PUSH_BATCH:
+        raise InvalidRequest(f"{what} names 1 to {limits.MAX_PUSH_BATCH} leases, got {len(batch)}")
+    return batch
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    leases: tuple[LeaseRef, ...]
+    lease_ms: int | None = None
+
+    @classmethod
+    def of(cls, leases: Iterable[LeaseRef], lease_seconds: float | None = None) -> Heartbeat:
+        return cls(
+            _leases(leases, "heartbeat"),
+            _seconds_to_ms(
+                lease_seconds, "lease_seconds", limits.MIN_LEASE_SECONDS, limits.MAX_LEASE_SECONDS
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    leases: tuple[LeaseRef, ...]
+
+    @classmethod
+    def of(cls, leases: Iterable[LeaseRef]) -> Ack:
+        return cls(_leases(leases, "ack"))
+
+
+@dataclass(frozen=True, slots=True)
+class NackItem:
+    id: str
+    lease: str
+    delay_ms: int | None = None
+    error: str | None = None
+    dead: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        id: str,
+        lease: str,
+        delay_seconds: float | None = None,
+        error: str | None = None,
+        dead: bool = False,
+    ) -> NackItem:
+        ref = LeaseRef.of(id, lease)
+        if error is not None and not isinstance(error, str):
+            raise InvalidRequest("error must be a string")
+        return cls(
+            ref.id,
+            ref.lease,
+            _seconds_to_ms(delay_seconds, "delay_seconds", 0, limits.MAX_DELAY_SECONDS),
+            None if error is None else error[: limits.MAX_ERROR_CHARS],
+            bool(dead),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    items: tuple[NackItem, ...]
+
+    @classmethod
+    def of(cls, items: Iterable[NackItem]) -> Nack:
+        batch = tuple(items)
+        if not 1 <= len(batch) <= limits.MAX_PUSH_BATCH:
+            raise InvalidRequest(
+                f"nack names 1 to {limits.MAX_PUSH_BATCH} leases, got {len(batch)}"
+            )
+        return cls(batch)
+
+
+@dataclass(frozen=True, slots=True)
+class Redrive:
+    """Move dead letters (all, or those named) back to the tail, attempts reset."""
+
+    ids: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Purge:
+    """Delete dead letters (all, or those named)."""
+
+    ids: tuple[str, ...] | None = None
+
+
+_CONFIG_RANGES: dict[str, tuple[type, float, float]] = {
+    "lease_seconds": (int, limits.MIN_LEASE_SECONDS, limits.MAX_LEASE_SECONDS),
+    "max_attempts": (int, 1, limits.MAX_ATTEMPTS_LIMIT),
+    "retry_delay_seconds": (float, 0, limits.MAX_DELAY_SECONDS),
+    "retry_delay_max_seconds": (float, 0, limits.MAX_DELAY_SECONDS),
+    "dead_retention": (int, 0, 1_000_000),
+    "max_payload_bytes": (int, 1, limits.MAX_PAYLOAD_BYTES_LIMIT),
+    "dedup_seconds": (int, 0, 7 * 86_400),
+    "max_jobs": (int, 1, limits.MAX_JOBS_LIMIT),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    """Change some of the queue's settings; unnamed ones keep their values."""
+
+    changes: tuple[tuple[str, int | float], ...]
+
+    @classmethod
+    def of(cls, changes: Mapping[str, object]) -> Configure:
+        checked: list[tuple[str, int | float]] = []
+        for name, value in changes.items():
+            if name not in _CONFIG_RANGES:
+                raise InvalidRequest(
+                    f"unknown queue setting {name!r}; settings: {', '.join(_CONFIG_RANGES)}"
+                )
+            kind, low, high = _CONFIG_RANGES[name]
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if ok and kind is int:
+                ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+            if not ok or not math.isfinite(value) or not low <= value <= high:  # type: ignore[arg-type, operator]
+                raise InvalidRequest(
+                    f"{name} must be {'an integer' if kind is int else 'a number'} "
+                    f"from {low:g} to {high:g}, got {value!r}"
+                )
+            checked.append((name, int(value) if kind is int else float(value)))  # type: ignore[call-overload, arg-type]
+        return cls(tuple(checked))
+
+    def applied_to(self, config: QueueConfig) -> QueueConfig:
+        return msgspec.structs.replace(config, **dict(self.changes))
+
+
+@dataclass(frozen=True, slots=True)
+class Advertise:
+    """Set the queue's broker record (deployments and broker leadership)."""
+
+    broker: BrokerRecord
+
+
+Op = Push | Claim | Heartbeat | Ack | Nack | Redrive | Purge | Configure | Advertise
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    ids: tuple[str, ...]
+    duplicates: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: str
+    payload: msgspec.Raw
+    attempt: int
+    lease: str
+    lease_expires_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    jobs: tuple[ClaimedJob, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    id: str
+    ok: bool
+    error: str | None = None  # "lease_lost" or "not_found"
+    lease_expires_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemsResult:
+    results: tuple[ItemResult, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CountResult:
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigResult:
+    config: QueueConfig
+
+
+@dataclass(frozen=True, slots=True)
+class OpError:
+    """An operation refused as a whole (the rest of its batch still applies)."""
+
+    code: str
+    message: str
+
+
+Result = PushResult | ClaimResult | ItemsResult | CountResult | ConfigResult | OpError

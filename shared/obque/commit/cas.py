@@ -89,6 +89,11 @@ class Committer:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
+    def snapshot(self) -> QueueState:
+        """The last committed state, or a fresh read when there is none."""
+        with self._lock:
+            return self._state if self._state is not None else self.refresh()
+
     def refresh(self) -> QueueState:
         """Re-read the file (``QueueNotFound`` if absent, ``QueueFileCorrupt`` if unreadable)."""
         snap = self.store.read()

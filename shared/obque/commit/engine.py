@@ -1,0 +1,284 @@
+"""Group commit for one queue in one process.
+
+Callers submit operations from any thread or event loop; one writer thread turns
+whatever has gathered into a single compare-and-set. While a write is in flight new
+operations buffer, and the buffer becomes the next commit:
+
+    callers   a b c       d e f g h        i
+    writer    [commit a]  [commit b..c ]   [commit d..h]   [commit i]
+              one CAS     one CAS           one CAS         ...
+
+So with C concurrent callers and write latency W the queue sustains about C / W
+operations per second, while each caller waits one to two write latencies. A caller's
+future resolves only after the write containing its operation landed.
+
+Long-poll claims wait on an in-memory signal raised by commits that leave a job ready
+(or by the timer of the next delayed job or lease expiry), never by polling the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+
+from obque.commit.cas import Committer
+from obque.commit.leader import Leadership
+from obque.core import (
+    Claim,
+    ClaimResult,
+    NotLeader,
+    ObqueError,
+    Op,
+    QueueState,
+    Result,
+)
+from obque.store import Store
+
+__all__ = ["EngineStats", "QueueEngine"]
+
+#: A commit never carries more operations than this; the rest wait for the next one.
+MAX_BATCH_OPS = 5000
+
+
+@dataclass
+class EngineStats:
+    commits: int = 0
+    ops: int = 0
+    largest_batch: int = 0
+    batch_sizes: list[int] = field(default_factory=list, repr=False)
+
+
+class QueueEngine:
+    """The writer of one queue file. ``submit(op)`` returns a future of its result."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        leadership: Leadership | None = None,
+        clock: Callable[[], float] = time.time,
+        committer: Committer | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.store = store
+        self.name = name or store.key.rpartition("/")[2].removesuffix(".json")
+        self.committer = committer or Committer(store, clock=clock)
+        self.clock = clock
+        self.leadership = leadership
+        self.stats = EngineStats()
+        self._pending: list[tuple[Op, Future[Result]]] = []
+        self._cond = threading.Condition()
+        self._waiters: list[Future[None]] = []
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._error: ObqueError | None = None
+
+    # -- public surface ------------------------------------------------------------------
+
+    @property
+    def state(self) -> QueueState | None:
+        return self.committer.state
+
+    def submit(self, op: Op) -> Future[Result]:
+        future: Future[Result] = Future()
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("engine is closed")
+            if self.leadership is not None and self.leadership.fenced_by is not None:
+                future.set_exception(self.leadership.not_leader(self.committer.state))
+                return future
+            self._pending.append((op, future))
+            self._start()
+            self._cond.notify()
+        return future
+
+    def run(self, op: Op, timeout: float | None = None) -> Result:
+        return self.submit(op).result(timeout)
+
+    async def arun(self, op: Op) -> Result:
+        return await asyncio.wrap_future(self.submit(op))
+
+    def claim(self, op: Claim, wait_seconds: float = 0.0) -> ClaimResult:
+        """A claim that waits up to ``wait_seconds`` for a job (long poll)."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            result = self.run(op)
+            assert isinstance(result, ClaimResult)
+            remaining = deadline - time.monotonic()
+            if result.jobs or remaining <= 0:
+                return result
+            waiter = self._ready_waiter(remaining)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    waiter.result(timeout=remaining)
+            finally:
+                self._drop_waiter(waiter)
+
+    async def aclaim(self, op: Claim, wait_seconds: float = 0.0) -> ClaimResult:
+        """The long-poll claim for event loops: waiting holds no thread."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            result = await self.arun(op)
+            assert isinstance(result, ClaimResult)
+            remaining = deadline - time.monotonic()
+            if result.jobs or remaining <= 0:
+                return result
+            waiter = self._ready_waiter(remaining)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.wrap_future(waiter), timeout=remaining)
+            finally:
+                self._drop_waiter(waiter)
+
+    def read_state(self) -> QueueState:
+        """The queue as this process last committed or read it (read once if needed)."""
+        return self.committer.snapshot()
+
+    def start(self) -> None:
+        """Start the writer now (a broker does, to take leadership before any request)."""
+        with self._cond:
+            self._start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop after committing what is pending (clean shutdown drains in-flight work)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- long-poll signal -----------------------------------------------------------------
+
+    def _ready_waiter(self, timeout: float) -> Future[None]:
+        """A future resolved when a job may be ready: after a commit leaves one ready, or
+        when the earliest delayed job or lapsing lease comes due (whichever is first)."""
+        waiter: Future[None] = Future()
+        with self._cond:
+            self._waiters.append(waiter)
+        state = self.committer.state
+        due = _next_due_ms(state, self.committer.now_ms()) if state is not None else None
+        if due is not None:
+            delay = max(0.0, due / 1000 - self.clock()) + 0.002
+            if delay < timeout:
+                timer = threading.Timer(delay, self._wake_one, (waiter,))
+                timer.daemon = True
+                timer.start()
+        return waiter
+
+    def _drop_waiter(self, waiter: Future[None]) -> None:
+        with self._cond:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    @staticmethod
+    def _wake_one(waiter: Future[None]) -> None:
+        # Timer and writer threads may race to wake the same (or a cancelled) waiter.
+        with contextlib.suppress(InvalidStateError):
+            waiter.set_result(None)
+
+    def _wake_waiters(self, state: QueueState) -> None:
+        with self._cond:
+            if not self._waiters:
+                return
+            now = self.committer.now_ms()
+            if not any(j.claim is None and j.ready_ms <= now for j in state.jobs.values()):
+                return
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            self._wake_one(waiter)
+
+    # -- the writer -----------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._write_loop, name=f"obque-writer-{self.name}", daemon=True
+            )
+            self._thread.start()
+
+    def _idle_timeout(self) -> float | None:
+        lead = self.leadership
+        return None if lead is None else lead.timeout_s / 3
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                if not self._pending and not self._closing:
+                    self._cond.wait(self._idle_timeout())
+                if self._closing and not self._pending:
+                    return
+                batch = self._pending[:MAX_BATCH_OPS]
+                del self._pending[:MAX_BATCH_OPS]
+            self._commit_batch(batch)
+
+    def _commit_batch(self, batch: list[tuple[Op, Future[Result]]]) -> None:
+        ops: list[Op] = [op for op, _ in batch]
+        lead = self.leadership
+        try:
+            if lead is not None:
+                if not lead.is_leader:
+                    self._acquire(lead)  # also how an idle standby takes over a stale queue
+                beat = lead.heartbeat_op(self.committer.now_ms())
+                if beat is not None:
+                    ops.append(beat)
+            if not ops:
+                return
+            state, results = self.committer.commit(ops, check=None if lead is None else lead.check)
+        except NotLeader as exc:
+            self._fail(batch, exc)
+            return
+        except ObqueError as exc:
+            self._fail(batch, exc)
+            return
+        except Exception as exc:  # a bug must not leave callers waiting forever
+            self._fail(batch, exc)
+            return
+        if lead is not None:
+            lead.committed(state)
+        self.stats.commits += 1
+        self.stats.ops += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        for (_, future), result in zip(batch, results, strict=False):
+            future.set_result(result)
+        self._wake_waiters(state)
+
+    def _acquire(self, lead: Leadership) -> None:
+        state = self.committer.state or self.committer.refresh()
+        now = self.committer.now_ms()
+        if not lead.can_take(state, now):
+            state = self.committer.refresh()  # the cached record may be old
+            if not lead.can_take(state, now):
+                raise lead.not_leader(state)
+
+        def still_free(current: QueueState) -> None:
+            if not lead.can_take(current, self.committer.now_ms()):
+                raise lead.not_leader(current)
+
+        state, _ = self.committer.commit([lead.claim_op(state, now)], check=still_free)
+        lead.fenced_by = None
+        lead.committed(state)
+
+    @staticmethod
+    def _fail(batch: list[tuple[Op, Future[Result]]], exc: BaseException) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(exc)
+
+
+def _next_due_ms(state: QueueState, now_ms: int) -> int | None:
+    """The earliest future time a delayed job becomes ready or a claim lapses."""
+    due: int | None = None
+    for job in state.jobs.values():
+        at = job.claim.expires_ms + 1 if job.claim is not None else job.ready_ms
+        if at > now_ms and (due is None or at < due):
+            due = at
+    return due

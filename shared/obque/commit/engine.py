@@ -210,6 +210,8 @@ class QueueEngine:
         return None if lead is None else lead.timeout_s / 3
 
     def _write_loop(self) -> None:
+        if self.leadership is not None:
+            self._commit_batch([])  # take leadership (or learn who has it) right away
         while True:
             with self._cond:
                 if not self._pending and not self._closing:

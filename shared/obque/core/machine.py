@@ -217,7 +217,7 @@ class _Commit:
             )
             ids.append(job_id)
         self.counters["pushed"] += len(ids) - len(duplicates)
-        return PushResult(tuple(ids), tuple(duplicates))
+        return PushResult(tuple(ids), tuple(duplicates), self.base.revision + 1)
 
     def _find_key(self, key: str) -> str | None:
         if (live := self.keys.get(key)) is not None:

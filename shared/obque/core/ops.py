@@ -292,6 +292,8 @@ Op = Push | Claim | Heartbeat | Ack | Nack | Redrive | Purge | Configure | Adver
 class PushResult:
     ids: tuple[str, ...]
     duplicates: tuple[str, ...]
+    #: The revision of the commit that holds the push.
+    revision: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,326 @@
+"""The broker's HTTP API v1 (SPEC §7) as a FastAPI app factory.
+
+The same app serves ``obque broker`` (uvicorn), AWS Lambda (mangum) and Google Cloud
+Functions (functions-framework). Handlers are thin: decode the body (msgspec), build
+validated operations, hand them to the queue's engine, encode the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import msgspec
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+
+from obque.broker import views
+from obque.broker.auth import BearerAuth
+from obque.broker.dashboard import DASHBOARD_HTML
+from obque.broker.errors import (
+    error_response,
+    http_error_response,
+    unexpected_error_response,
+)
+from obque.broker.metrics import render_metrics
+from obque.broker.queues import QueueRegistry
+from obque.broker.settings import BrokerSettings
+from obque.broker.wire import (
+    MAX_BODY_BYTES,
+    REQUEST_TYPES,
+    RESPONSE_TYPES,
+    AckIn,
+    ClaimIn,
+    ConfigIn,
+    HeartbeatIn,
+    IdsIn,
+    NackIn,
+    PushIn,
+    QueueRef,
+    QueuesOut,
+)
+from obque.core import (
+    Ack,
+    Claim,
+    Heartbeat,
+    InvalidRequest,
+    LeaseRef,
+    Nack,
+    NackItem,
+    NewJob,
+    ObqueError,
+    OpError,
+    PayloadTooLarge,
+    Purge,
+    Push,
+    QueueFull,
+    Redrive,
+    Result,
+)
+
+__all__ = ["create_app"]
+
+_DECODERS: dict[type, msgspec.json.Decoder[Any]] = {
+    t: msgspec.json.Decoder(t) for t in REQUEST_TYPES
+}
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
+_ERRORS = {
+    str(status): {"description": text, "content": {"application/json": {"schema": _ERROR_REF}}}
+    for status, text in (
+        (400, "invalid_request"),
+        (401, "unauthorized"),
+        (404, "queue_not_found"),
+        (413, "payload_too_large"),
+        (429, "queue_full"),
+        (500, "queue_file_corrupt"),
+        (503, "not_leader or store_unavailable (with Retry-After)"),
+    )
+}
+
+
+def _doc(body: type | None, answer: type, status: int = 200) -> dict[str, Any]:
+    """OpenAPI for a route whose bodies msgspec handles (FastAPI never sees them)."""
+    responses: dict[str, Any] = {
+        str(status): {
+            "description": "OK",
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{answer.__name__}"}}
+            },
+        },
+        **_ERRORS,
+    }
+    extra: dict[str, Any] = {"responses": responses}
+    if body is not None:
+        extra["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{body.__name__}"}}
+            },
+        }
+    return {"openapi_extra": extra, "response_class": Response}
+
+
+async def _read(request: Request) -> bytes:
+    """The request body; refuses bodies over ``MAX_BODY_BYTES`` without reading them."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds {MAX_BODY_BYTES}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(body: bytes, kind: type[Any]) -> Any:
+    try:
+        return _DECODERS[kind].decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"invalid request body: {exc}") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+async def _decode(request: Request, kind: type[Any]) -> Any:
+    body = await _read(request)
+    if not body.strip():
+        raise InvalidRequest("the request body is empty; expected a JSON object")
+    return _parse(body, kind)
+
+
+async def _decode_optional(request: Request, kind: type[Any]) -> Any | None:
+    body = await _read(request)
+    return _parse(body, kind) if body.strip() else None
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
+
+
+def _raise_op_error(result: Result) -> None:
+    if isinstance(result, OpError):
+        if result.code == "queue_full":
+            raise QueueFull(result.message)
+        if result.code == "payload_too_large":
+            raise PayloadTooLarge(result.message)
+        raise InvalidRequest(result.message)
+
+
+def create_app(
+    settings: BrokerSettings | None = None, *, registry: QueueRegistry | None = None
+) -> FastAPI:
+    settings = settings or BrokerSettings.from_env()
+    queues = registry or QueueRegistry(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.mode == "process":
+            await asyncio.to_thread(queues.adopt_existing)
+        yield
+        await asyncio.to_thread(queues.close)
+
+    app = FastAPI(
+        title="obque broker",
+        version="1",
+        summary="A job queue whose whole state is one JSON object in object storage.",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.queues = queues
+    app.state.settings = settings
+    if settings.token:
+        app.add_middleware(BearerAuth, token=settings.token)
+
+    @app.exception_handler(ObqueError)
+    async def on_obque_error(request: Request, exc: ObqueError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return error_response(InvalidRequest("invalid request: " + "; ".join(parts)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return http_error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        return unexpected_error_response(exc)
+
+    # -- queues --------------------------------------------------------------------------
+
+    @app.put("/v1/queues/{name}", **_doc(ConfigIn, views.QueueOut))
+    async def put_queue(name: str, request: Request) -> Response:
+        config: ConfigIn = await _decode_optional(request, ConfigIn) or ConfigIn()
+        created, state = await queues.create(name, config.changes())
+        return _json(views.queue_out(state), 201 if created else 200)
+
+    @app.get("/v1/queues", **_doc(None, QueuesOut))
+    async def list_queues() -> Response:
+        names = await queues.names()
+        return _json(QueuesOut([QueueRef(n, queues.root.queue(n).uri) for n in names]))
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    @app.post("/v1/queues/{name}/push", **_doc(PushIn, views.PushOut))
+    async def push(name: str, request: Request) -> Response:
+        engine = await queues.get(name)
+        body: PushIn = await _decode(request, PushIn)
+        op = Push.of(
+            NewJob.of(j.payload, j.key, j.delay_seconds, j.max_attempts) for j in body.jobs
+        )
+        result = await engine.arun(op)
+        _raise_op_error(result)
+        return _json(views.push_out(result))
+
+    @app.post("/v1/queues/{name}/claim", **_doc(ClaimIn, views.ClaimOut))
+    async def claim(name: str, request: Request) -> Response:
+        engine = await queues.get(name)
+        body: ClaimIn = await _decode(request, ClaimIn)
+        op = Claim.of(body.worker, body.max, body.lease_seconds)
+        result = await engine.aclaim(op, body.wait_seconds)
+        return _json(views.claim_out(result))
+
+    @app.post("/v1/queues/{name}/heartbeat", **_doc(HeartbeatIn, views.ResultsOut))
+    async def heartbeat(name: str, request: Request) -> Response:
+        engine = await queues.get(name)
+        body: HeartbeatIn = await _decode(request, HeartbeatIn)
+        refs = [LeaseRef.of(item.id, item.lease) for item in body.leases]
+        result = await engine.arun(Heartbeat.of(refs, body.lease_seconds))
+        return _json(views.results_out(result))
+
+    @app.post("/v1/queues/{name}/ack", **_doc(AckIn, views.ResultsOut))
+    async def ack(name: str, request: Request) -> Response:
+        engine = await queues.get(name)
+        body: AckIn = await _decode(request, AckIn)
+        result = await engine.arun(Ack.of(LeaseRef.of(i.id, i.lease) for i in body.leases))
+        return _json(views.results_out(result))
+
+    @app.post("/v1/queues/{name}/nack", **_doc(NackIn, views.ResultsOut))
+    async def nack(name: str, request: Request) -> Response:
+        engine = await queues.get(name)
+        body: NackIn = await _decode(request, NackIn)
+        items = [NackItem.of(i.id, i.lease, i.delay_seconds, i.error, i.dead) for i in body.leases]
+        result = await engine.arun(Nack.of(items))
+        return _json(views.results_out(result))
+
+    # -- inspection and dead letters -------------------------------------------------------
+
+    @app.get("/v1/queues/{name}/stats", **_doc(None, views.StatsOut))
+    async def stats(name: str) -> Response:
+        engine = await queues.get(name)
+        state = await asyncio.to_thread(engine.read_state)
+        return _json(views.stats_out(state, int(time.time() * 1000)))
+
+    @app.get("/v1/queues/{name}/jobs", **_doc(None, views.JobsOut))
+    async def jobs(
+        name: str,
+        state: Literal["ready", "delayed", "claimed", "dead"] = "ready",
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> Response:
+        engine = await queues.get(name)
+        current = await asyncio.to_thread(engine.read_state)
+        return _json(views.jobs_out(current, state, limit, int(time.time() * 1000)))
+
+    @app.post("/v1/queues/{name}/dead/redrive", **_doc(IdsIn, views.RedriveOut))
+    async def redrive(name: str, request: Request) -> Response:
+        engine = await queues.get(name)
+        ids = await _optional_ids(request)
+        result = await engine.arun(Redrive(ids))
+        return _json(views.RedriveOut(views.count(result)))
+
+    @app.post("/v1/queues/{name}/dead/purge", **_doc(IdsIn, views.PurgeOut))
+    async def purge(name: str, request: Request) -> Response:
+        engine = await queues.get(name)
+        ids = await _optional_ids(request)
+        result = await engine.arun(Purge(ids))
+        return _json(views.PurgeOut(views.count(result)))
+
+    # -- operations ------------------------------------------------------------------------------
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return Response(b'{"ok":true}', media_type="application/json")
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        text = await asyncio.to_thread(render_metrics, queues, time.time())
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(DASHBOARD_HTML)
+
+    _publish_schemas(app)
+    return app
+
+
+async def _optional_ids(request: Request) -> tuple[str, ...] | None:
+    body: IdsIn | None = await _decode_optional(request, IdsIn)
+    return None if body is None or body.ids is None else tuple(body.ids)
+
+
+def _publish_schemas(app: FastAPI) -> None:
+    """Put msgspec's schemas of the bodies into FastAPI's generated OpenAPI document."""
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = base()
+            _, components = msgspec.json.schema_components(
+                REQUEST_TYPES + RESPONSE_TYPES, ref_template="#/components/schemas/{name}"
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

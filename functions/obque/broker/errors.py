@@ -1,0 +1,81 @@
+"""Turning errors into the API's one error shape: ``{"error": {"code", "message"}}``.
+
+Every status a caller can meet is decided here. A user's mistake is a 4xx with a message
+naming the limit or field; store trouble is a retryable 503 with ``Retry-After``; the one
+500 a caller should ever see is ``queue_file_corrupt``, which names the object (left
+untouched). Unexpected exceptions are logged here and answered without a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from starlette.responses import Response
+
+from obque.broker.wire import ErrorBody, ErrorOut
+from obque.core import NotLeader, ObqueError
+
+__all__ = ["STATUS", "error_response", "http_error_response", "unexpected_error_response"]
+
+log = logging.getLogger("obque.broker")
+
+STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "queue_not_found": 404,
+    "method_not_allowed": 405,
+    "payload_too_large": 413,
+    "queue_full": 429,
+    "queue_file_corrupt": 500,
+    "internal_error": 500,
+    "missing_dependency": 500,
+    "not_leader": 503,
+    "store_unavailable": 503,
+    "conflict": 503,  # a CAS that kept losing: as retryable as an outage
+    "store_error": 503,
+}
+
+
+def _encode(code: str, message: str, broker: str | None = None) -> bytes:
+    return msgspec.json.encode(ErrorOut(ErrorBody(code, message), broker))
+
+
+def error_response(exc: ObqueError) -> Response:
+    code = exc.code
+    status = STATUS.get(code, 500)
+    headers = {}
+    broker = None
+    if isinstance(exc, NotLeader):
+        broker = exc.broker_url
+    if status == 503:
+        headers["Retry-After"] = "1"
+        if code in ("conflict", "store_error"):
+            code = "store_unavailable"
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if status >= 500 and code != "not_leader":
+        log.warning("%s: %s", code, exc.message)
+    return Response(
+        _encode(code, exc.message, broker),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def http_error_response(status: int, detail: str) -> Response:
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+        status, "invalid_request" if 400 <= status < 500 else "internal_error"
+    )
+    return Response(_encode(code, detail), status_code=status, media_type="application/json")
+
+
+def unexpected_error_response(exc: BaseException) -> Response:
+    log.error("unexpected error", exc_info=exc)
+    return Response(
+        _encode("internal_error", "the broker failed unexpectedly; see its log"),
+        status_code=500,
+        media_type="application/json",
+    )

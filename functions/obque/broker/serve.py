@@ -1,0 +1,60 @@
+"""Running a long-lived broker process with uvicorn (``obque broker``)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+
+from obque.broker.app import create_app
+from obque.broker.settings import BrokerSettings
+from obque.core import InvalidRequest
+
+__all__ = ["default_advertise", "is_loopback", "serve"]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def default_advertise(host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def serve(
+    settings: BrokerSettings,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    insecure: bool = False,
+    log_level: str = "info",
+    access_log: bool = False,
+) -> None:
+    """Serve until SIGINT/SIGTERM; shutdown commits what is in flight before exiting."""
+    if not is_loopback(host) and not settings.token and not insecure:
+        raise InvalidRequest(
+            f"refusing to listen on {host} without a token: anyone who can reach it could "
+            "push, claim and purge jobs. Set --token (or OBQUE_TOKEN), or pass --insecure."
+        )
+    import uvicorn
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        loop="auto",  # uvloop when installed
+        http="auto",  # httptools when installed
+        access_log=access_log,
+        log_level=log_level,
+        timeout_graceful_shutdown=30,
+    )

@@ -12,17 +12,11 @@ import hmac
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from obque.broker.errors import error_response
-from obque.core.errors import ObqueError
+from obque.core.errors import Unauthorized
 
 __all__ = ["OPEN_PATHS", "BearerAuth", "token_matches"]
 
 OPEN_PATHS = frozenset({"/healthz", "/"})
-
-
-class Unauthorized(ObqueError):
-    """A valid bearer token is required (Authorization: Bearer TOKEN, or OBQUE_TOKEN)."""
-
-    code = "unauthorized"
 
 
 def token_matches(header: bytes | None, token: bytes) -> bool:

@@ -19,7 +19,8 @@ from obque.broker.wire import (
     ResultsOut,
     StatsOut,
 )
-from obque.core import ClaimResult, CountResult, ItemsResult, Job, PushResult, QueueState, Result
+from obque.core import ClaimResult, CountResult, ItemsResult, PushResult, QueueState, Result
+from obque.core.summary import list_jobs, stats_summary
 
 __all__ = [
     "ClaimOut",
@@ -73,55 +74,8 @@ def queue_out(state: QueueState) -> QueueOut:
 
 
 def stats_out(state: QueueState, now_ms: int) -> StatsOut:
-    counts = state.counts(now_ms)
-    oldest = state.oldest_ready_ms(now_ms)
-    s = state.stats
-    return StatsOut(
-        name=state.name,
-        revision=state.revision,
-        ready=counts["ready"],
-        delayed=counts["delayed"],
-        claimed=counts["claimed"],
-        dead=counts["dead"],
-        pushed=s.pushed,
-        acked=s.acked,
-        nacked=s.nacked,
-        expired=s.expired,
-        commits=s.commits,
-        oldest_ready_age_seconds=None if oldest is None else max(0, now_ms - oldest) / 1000,
-        broker=None if state.broker is None else msgspec.structs.asdict(state.broker),
-    )
-
-
-def job_state(job: Job, now_ms: int) -> str:
-    if job.claim is not None:
-        return "claimed"
-    return "delayed" if job.ready_ms > now_ms else "ready"
-
-
-def _view(job: Job, state: str) -> JobView:
-    claim = job.claim
-    return JobView(
-        id=job.id,
-        state=state,
-        payload=job.payload,
-        attempts=job.attempts,
-        enqueued_ms=job.enqueued_ms,
-        ready_ms=job.ready_ms,
-        key=job.key,
-        worker=None if claim is None else claim.worker,
-        lease_expires_ms=None if claim is None else claim.expires_ms,
-        last_error=job.last_error,
-    )
+    return StatsOut(**stats_summary(state, now_ms))
 
 
 def jobs_out(state: QueueState, wanted: str, limit: int, now_ms: int) -> JobsOut:
-    if wanted == "dead":
-        return JobsOut([_view(job, "dead") for job in state.dead[:limit]])
-    found: list[JobView] = []
-    for job in state.jobs.values():
-        if job_state(job, now_ms) == wanted:
-            found.append(_view(job, wanted))
-            if len(found) >= limit:
-                break
-    return JobsOut(found)
+    return JobsOut([JobView(**job) for job in list_jobs(state, wanted, limit, now_ms)])

@@ -18,6 +18,7 @@ holds and keyed pushes stay exactly-once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import threading
@@ -33,6 +34,7 @@ from obque.core import (
     QueueNotFound,
     QueueState,
     Result,
+    Stats,
     StoreUnavailable,
     apply,
     decode_state,
@@ -69,12 +71,16 @@ class Committer:
         entropy: Callable[[int], bytes] = os.urandom,
         max_unavailable: int = 5,
         conflict_deadline: float = 30.0,
+        trust_cache: bool = False,
     ) -> None:
         self.store = store
         self.clock = clock
         self.entropy = entropy
         self.max_unavailable = max_unavailable
         self.conflict_deadline = conflict_deadline
+        #: A leader is the queue's only writer, so its cached state is current. Anyone
+        #: else re-reads before answering from a commit that would change nothing.
+        self.trust_cache = trust_cache
         self.stats = CommitStats()
         self._state: QueueState | None = None
         self._token: str | None = None
@@ -134,13 +140,22 @@ class Committer:
         deadline = time.monotonic() + self.conflict_deadline
         unavailable = 0
         backoff = 0.005
+        fresh = False
         while True:
             sent: tuple[bytes, QueueState, list[Result]] | None = None
             try:
-                state = self._state if self._state is not None else self.refresh()
+                if self._state is None:
+                    state, fresh = self.refresh(), True
+                else:
+                    state = self._state
                 if check is not None:
                     check(state)
                 new_state, results = apply(state, ops, self.now_ms(), self.entropy(16))
+                if new_state is state:  # nothing changed: nothing to write
+                    if self.trust_cache or fresh:
+                        return state, results
+                    self._state = None
+                    continue
                 sent = (encode_state(new_state), new_state, results)
                 self._pace()
                 try:
@@ -194,9 +209,12 @@ def create_queue(
     """Create the queue file if absent (``(True, state)``); otherwise apply the given
     settings to it (``(False, state)``). Never overwrites an unreadable file."""
     configure = Configure.of(config or {})
-    now_ms = int(clock() * 1000)
-    fresh = QueueState.new(name, configure.applied_to(QueueConfig()))
-    state, _ = apply(fresh, [], now_ms, b"")
+    # Revision 1 is the creating commit.
+    state = dataclasses.replace(
+        QueueState.new(name, configure.applied_to(QueueConfig())),
+        revision=1,
+        stats=Stats(commits=1),
+    )
     try:
         token = store.write(encode_state(state), None)
     except Conflict:

@@ -67,7 +67,9 @@ class QueueEngine:
     ) -> None:
         self.store = store
         self.name = name or store.key.rpartition("/")[2].removesuffix(".json")
-        self.committer = committer or Committer(store, clock=clock)
+        self.committer = committer or Committer(
+            store, clock=clock, trust_cache=leadership is not None
+        )
         self.clock = clock
         self.leadership = leadership
         self.stats = EngineStats()

@@ -19,6 +19,7 @@ from obque.core.errors import (
     QueueNotFound,
     StoreError,
     StoreUnavailable,
+    Unauthorized,
 )
 from obque.core.machine import apply, lease_token, retry_delay_ms
 from obque.core.model import Applied, BrokerRecord, Job, JobClaim, QueueConfig, Stats
@@ -93,6 +94,7 @@ __all__ = [
     "Stats",
     "StoreError",
     "StoreUnavailable",
+    "Unauthorized",
     "apply",
     "decode_state",
     "encode_payload",

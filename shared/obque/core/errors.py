@@ -8,6 +8,7 @@
     ├── QueueFull                 the queue holds its configured maximum of jobs (429)
     ├── QueueFileCorrupt          the queue file does not parse or has a foreign format;
     │                             it is never overwritten (500, the one server error)
+    ├── Unauthorized              no valid credentials for the broker (401)
     ├── NotLeader                 this broker was fenced by a newer epoch (503)
     ├── MissingDependency         an adapter's SDK is not installed; names the extra
     └── StoreError                the object store said no
@@ -35,6 +36,7 @@ __all__ = [
     "QueueNotFound",
     "StoreError",
     "StoreUnavailable",
+    "Unauthorized",
 ]
 
 
@@ -81,6 +83,12 @@ class QueueFileCorrupt(ObqueError):
     """The queue file cannot be read as an obque/1 queue; it was left untouched."""
 
     code = "queue_file_corrupt"
+
+
+class Unauthorized(ObqueError):
+    """A valid bearer token is required (Authorization: Bearer TOKEN, or OBQUE_TOKEN)."""
+
+    code = "unauthorized"
 
 
 class NotLeader(ObqueError):

@@ -44,6 +44,11 @@ MAX_ERROR_CHARS = 4096
 MAX_PAYLOAD_BYTES_LIMIT = 4 * 1024 * 1024
 #: Ceiling for a queue's ``max_jobs`` setting; every commit rewrites every job.
 MAX_JOBS_LIMIT = 1_000_000
+#: Keys a client adds to make a retried push idempotent start with this character...
+RETRY_KEY_PREFIX = "~"
+#: ...and deduplicate for this long after their job leaves the queue (a retry comes
+#: within seconds; user keys keep the queue's longer ``dedup_seconds``).
+RETRY_KEY_SECONDS = 60
 #: ``applied`` remembers at most this many keys and intents, oldest dropped first.
 MAX_APPLIED = 100_000
 

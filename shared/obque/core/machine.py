@@ -2,7 +2,9 @@
 
 Pure: no I/O, no clock, no randomness but the ``nonce`` the caller passes (lease tokens
 are derived from it). One call is one commit: it first expires lapsed claims, then
-applies every operation in order, and returns a state whose ``revision`` is one higher.
+applies every operation in order, and returns a state whose ``revision`` is one higher --
+or, when nothing changed (say, claims that found no job), the very state it was given,
+so the caller can skip the write.
 
 Cost is O(jobs + batch): the containers are copied once, claims walk the FIFO with a
 single cursor per commit (jobs that become ready behind the cursor go on a small heap),
@@ -89,6 +91,8 @@ class _Commit:
         self.dead = list(state.dead)
         self.applied = state.applied.copy()
         self.counters = dict.fromkeys(Stats.__struct_fields__, 0)
+        #: Did any operation change the queue? If not, there is nothing to write.
+        self.changed = False
         # Claim cursor over the FIFO, built on the first claim of the commit.
         self._order: list[str] | None = None
         self._pos = 0
@@ -98,6 +102,8 @@ class _Commit:
     # -- commit frame -------------------------------------------------------------
 
     def finish(self) -> QueueState:
+        if not self.changed:
+            return self.base
         self._prune_applied()
         self.counters["commits"] += 1
         old = self.base.stats
@@ -133,9 +139,11 @@ class _Commit:
             case Purge():
                 return CountResult(self.purge(op.ids))
             case Configure():
+                self.changed = True
                 self.config = op.applied_to(self.config)
                 return ConfigResult(self.config)
             case Advertise():
+                self.changed = True
                 self.broker = op.broker
                 return CountResult(1)
         raise TypeError(f"not an operation: {op!r}")  # pragma: no cover
@@ -150,13 +158,19 @@ class _Commit:
             self.applied.pop(f"k:{job.key}", None)  # re-insert at the end: newest last
             self.applied[f"k:{job.key}"] = Applied(at_ms=self.now, id=job.id)
 
+    def _horizon_ms(self, name: str) -> int:
+        """Entries older than this stop deduplicating. Client retry keys (``~…``) only
+        need to outlive a retry, so they go sooner and keep the file small."""
+        if name.startswith("k:" + limits.RETRY_KEY_PREFIX):
+            return self.now - limits.RETRY_KEY_SECONDS * 1000
+        return self.now - self.config.dedup_seconds * 1000
+
     def _prune_applied(self) -> None:
         # Entries are inserted in time order, so the oldest are at the front.
-        horizon = self.now - self.config.dedup_seconds * 1000
         excess = len(self.applied) - limits.MAX_APPLIED
         stale = []
         for name, entry in self.applied.items():
-            if entry.at_ms >= horizon and excess <= 0:
+            if entry.at_ms >= self._horizon_ms(name) and excess <= 0:
                 break
             stale.append(name)
             excess -= 1
@@ -173,6 +187,7 @@ class _Commit:
             if job.claim is not None and job.claim.expires_ms < now
         ]
         for job in lapsed:
+            self.changed = True
             self.counters["expired"] += 1
             if job.attempts >= self._max_attempts(job):
                 self._bury(job, "lease expired on the last attempt")
@@ -223,11 +238,12 @@ class _Commit:
         if (live := self.keys.get(key)) is not None:
             return live
         seen = self.applied.get(f"k:{key}")
-        if seen is not None and seen.at_ms >= self.now - self.config.dedup_seconds * 1000:
+        if seen is not None and seen.at_ms >= self._horizon_ms(f"k:{key}"):
             return seen.id
         return None
 
     def _append(self, job: Job) -> None:
+        self.changed = True
         self.jobs[job.id] = job
         if job.key is not None:
             self.keys.setdefault(job.key, job.id)
@@ -245,6 +261,7 @@ class _Commit:
             job = self._next_ready()
             if job is None:
                 break
+            self.changed = True
             attempt = job.attempts + 1
             lease = lease_token(self.nonce, job.id, attempt)
             expires = self.now + lease_ms
@@ -298,6 +315,7 @@ class _Commit:
             return ItemResult(ref.id, False, self._missing(ref.id))
         if job.claim is None or job.claim.lease != ref.lease:
             return ItemResult(ref.id, False, LEASE_LOST)
+        self.changed = True  # every caller of _held changes the job it gets
         return job
 
     def _missing(self, job_id: str) -> str:
@@ -356,6 +374,7 @@ class _Commit:
             self.counters["dead_dropped"] += overflow
 
     def _take_dead(self, ids: tuple[str, ...] | None) -> list[Job]:
+        self.changed = self.changed or bool(self.dead)
         if ids is None:
             taken, self.dead = self.dead, []
             return taken

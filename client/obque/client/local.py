@@ -1,0 +1,34 @@
+"""Running a ``Call`` on an in-process engine (queues served without a broker)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypeVar
+
+from obque.client.calls import Call
+from obque.commit import QueueEngine
+from obque.core import Claim
+
+__all__ = ["arun_local", "run_local"]
+
+T = TypeVar("T")
+
+
+def run_local(engine: QueueEngine, call: Call[T]) -> T:
+    if call.op is None:
+        assert call.from_state is not None
+        return call.from_state(engine.read_state())
+    assert call.from_result is not None
+    if isinstance(call.op, Claim):
+        return call.from_result(engine.claim(call.op, call.wait_seconds))
+    return call.from_result(engine.run(call.op))
+
+
+async def arun_local(engine: QueueEngine, call: Call[T]) -> T:
+    if call.op is None:
+        assert call.from_state is not None
+        return call.from_state(await asyncio.to_thread(engine.read_state))
+    assert call.from_result is not None
+    if isinstance(call.op, Claim):
+        return call.from_result(await engine.aclaim(call.op, call.wait_seconds))
+    return call.from_result(await engine.arun(call.op))

@@ -1,0 +1,108 @@
+"""Finding the broker: a queue file names it; a URL is it; a local file may need none.
+
+``Target`` turns what a user passed to ``Client`` into an endpoint and can be asked to
+look again after a failure (the broker moved, was fenced, or died): for a queue-file
+target that means re-reading ``broker.url`` from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from obque.commit import QueueEngine
+from obque.core import InvalidRequest, QueueNotFound, decode_state
+from obque.core.limits import check_queue_name
+from obque.store import DEFAULT_QUEUE, Store, open_store
+
+__all__ = ["HttpEndpoint", "LocalEndpoint", "Target"]
+
+#: Schemes whose queues a client may serve itself when no broker is advertised.
+LOCAL_SCHEMES = ("file", "mem")
+
+
+@dataclass(frozen=True)
+class HttpEndpoint:
+    url: str  # the broker's base URL, without a trailing slash
+    queue: str
+
+    def queue_url(self, path: str) -> str:
+        return f"{self.url}/v1/queues/{self.queue}{path}"
+
+
+@dataclass(frozen=True)
+class LocalEndpoint:
+    engine: QueueEngine
+
+
+Endpoint = HttpEndpoint | LocalEndpoint
+
+
+def _is_url(target: str) -> bool:
+    return target.startswith(("http://", "https://"))
+
+
+class Target:
+    def __init__(self, target: str, queue: str | None = None, *, direct: bool = False) -> None:
+        if not isinstance(target, str) or not target:
+            raise InvalidRequest("Client needs a queue URI (s3://, gs://, file://) or broker URL")
+        self.target = target
+        self.direct = direct
+        self.override = os.environ.get("OBQUE_URL") if not direct else None
+        self.store: Store | None = None
+        if _is_url(target) or self.override:
+            self.queue = check_queue_name(queue or DEFAULT_QUEUE)
+        else:
+            self.store = open_store(target)
+            self.queue = check_queue_name(
+                queue or self.store.key.rpartition("/")[2].removesuffix(".json")
+            )
+        self._endpoint: Endpoint | None = None
+        self._engine: QueueEngine | None = None
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return self.store.uri if self.store is not None else self.target
+
+    def endpoint(self, refresh: bool = False) -> Endpoint:
+        with self._lock:
+            if self._endpoint is None or (
+                refresh and not isinstance(self._endpoint, LocalEndpoint)
+            ):
+                self._endpoint = self._resolve()
+            return self._endpoint
+
+    def _resolve(self) -> Endpoint:
+        if self.override:
+            return HttpEndpoint(self.override.rstrip("/"), self.queue)
+        if _is_url(self.target):
+            return HttpEndpoint(self.target.rstrip("/"), self.queue)
+        assert self.store is not None
+        if self.direct:
+            return self._local()
+        snap = self.store.read()
+        if snap is None:
+            raise QueueNotFound(
+                f"no queue at {self.store.uri}; create it with `obque init {self.store.uri}`"
+            )
+        state = decode_state(snap.data, self.store.uri)
+        if state.broker is not None and state.broker.url:
+            return HttpEndpoint(state.broker.url.rstrip("/"), self.queue)
+        if urlsplit(self.target).scheme in LOCAL_SCHEMES:
+            return self._local()
+        raise InvalidRequest(
+            f"{self.store.uri} advertises no broker: deploy one (cdk deploy), run "
+            "`obque broker`, or pass direct=True to commit to the file from this process"
+        )
+
+    def _local(self) -> LocalEndpoint:
+        assert self.store is not None
+        if self._engine is None:
+            self._engine = QueueEngine(self.store, name=self.queue)
+        return LocalEndpoint(self._engine)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()

@@ -12,12 +12,15 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from obque.core import ObqueError, QueueNotFound, QueueState, decode_state
+from obque.core import InvalidRequest, ObqueError, QueueNotFound, QueueState, decode_state
 from obque.store import open_store
+
+if TYPE_CHECKING:
+    from obque.client.sync import Client
 
 __all__ = ["main"]
 
@@ -131,6 +134,161 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> Client:
+    from obque.client.sync import Client
+
+    # OBQUE_URL, when set, overrides what the target resolves to (see Target).
+    target = args.target or os.environ.get("OBQUE_URL")
+    if target is None:
+        target = _queue_uri(None, args.queue, _root(args))
+    return Client(target, args.queue, token=args.token)
+
+
+def _payload(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise InvalidRequest(
+            f"payload {text[:40]!r} is not JSON; quote text as '\"text\"' or use --text"
+        ) from None
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from obque.client.calls import PushItem
+
+    with _client(args) as client:
+        if args.payloads == ["-"]:
+            return _push_lines(client, sys.stdin, args)
+        payloads = [p if args.text else _payload(p) for p in args.payloads]
+        items = [PushItem(p, args.key, args.delay, args.max_attempts) for p in payloads]
+        if args.key is not None and len(items) > 1:
+            raise InvalidRequest("--key names one job; push one payload at a time with it")
+        for job_id in client.push_many(items):
+            print(job_id)
+    return 0
+
+
+def _push_lines(client: Client, lines: Any, args: argparse.Namespace) -> int:
+    from obque.client.calls import PushItem
+
+    batch: list[PushItem] = []
+    total = 0
+
+    def flush() -> None:
+        nonlocal total
+        if batch:
+            total += len(client.push_many(batch))
+            batch.clear()
+            print(f"\rpushed {total}", end="", file=sys.stderr, flush=True)
+
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            payload = line.rstrip("\n") if args.text else json.loads(line)
+        except json.JSONDecodeError:
+            raise InvalidRequest(f"stdin line {number} is not JSON: {line[:60]!r}") from None
+        batch.append(PushItem(payload, None, args.delay, args.max_attempts))
+        if len(batch) == 1000:
+            flush()
+    flush()
+    print(file=sys.stderr)
+    return 0
+
+
+def cmd_work(args: argparse.Namespace) -> int:
+    from obque.client.handlers import command_handler, import_handler
+    from obque.client.worker import Worker
+
+    if bool(args.command) == bool(args.handler):
+        raise InvalidRequest("give exactly one of --command 'SHELL COMMAND' or --handler mod:func")
+    handler = command_handler(args.command) if args.command else import_handler(args.handler)
+    with _client(args) as client:
+        worker = Worker(
+            client,
+            handler,
+            concurrency=args.concurrency,
+            lease_seconds=args.lease_seconds,
+            max_jobs=args.max_jobs,
+            grace_seconds=args.grace_seconds,
+            on_done=_report if args.verbose else None,
+        )
+        print(
+            f"obque work: {worker.worker_id} on queue {client.queue} "
+            f"({args.concurrency} at a time); Ctrl-C drains and stops",
+            file=sys.stderr,
+        )
+        stats = worker.run()
+    print(
+        f"obque work: {stats.succeeded} succeeded, {stats.failed} failed, "
+        f"{stats.released} released, {stats.lost} lost their lease",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _report(job: Any, error: BaseException | None) -> None:
+    outcome = "ok" if error is None else f"failed: {error}"
+    print(f"job {job.id} attempt {job.attempt}: {outcome}", file=sys.stderr)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        stats = client.stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    width = max(len(k) for k in stats)
+    for key, value in stats.items():
+        if key == "broker" and isinstance(value, dict):
+            value = f"{value.get('url')} ({value.get('mode')}, epoch {value.get('epoch')})"
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_dead(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "list":
+            jobs = client.dead(args.limit)
+            if args.json:
+                print(json.dumps(jobs, indent=2))
+            for job in [] if args.json else jobs:
+                error = job.get("last_error") or ""
+                print(
+                    f"{job['id']:>8}  attempts={job['attempts']}  {error[:60]}  "
+                    f"{json.dumps(job['payload'])[:60]}"
+                )
+            if not jobs and not args.json:
+                print("no dead letters")
+        elif args.action == "redrive":
+            print(f"redriven {client.redrive(args.ids or None)}")
+        else:
+            print(f"purged {client.purge(args.ids or None)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from obque.client.demo import DemoOptions, run_demo
+
+    run_demo(
+        DemoOptions(
+            root=_root(args),
+            jobs=args.jobs,
+            producers=args.producers,
+            workers=args.workers,
+            latency=None if args.latency == "none" else args.latency,
+        )
+    )
+    return 0
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", nargs="?", help="queue file URI or broker URL (default ROOT/QUEUE)")
+    p.add_argument("--root", help=f"root URI (OBQUE_ROOT; default {DEFAULT_ROOT})")
+    p.add_argument("--queue", "-q", help="queue name (default: from the URI, else 'queue')")
+    p.add_argument("--token", help="bearer token for a self-hosted broker (OBQUE_TOKEN)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="obque",
@@ -171,6 +329,48 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--json", action="store_true", help="print the raw queue file")
             p.add_argument("--limit", type=int, default=20, help="jobs to list (default 20)")
+    p = command("push", cmd_push, "push jobs (JSON payloads; '-' reads JSON lines from stdin)")
+    p.add_argument("target", help="queue file URI or broker URL")
+    p.add_argument("payloads", nargs="+", metavar="PAYLOAD")
+    p.add_argument("--queue", "-q", help="queue name for a broker URL (default: queue)")
+    p.add_argument("--token", help="bearer token for a self-hosted broker (OBQUE_TOKEN)")
+    p.add_argument("--key", help="idempotency key: a live or recent job with it is not re-added")
+    p.add_argument("--delay", type=float, help="seconds before the job becomes ready")
+    p.add_argument("--max-attempts", type=int, help="attempts before dead-lettering")
+    p.add_argument("--text", action="store_true", help="payloads are plain text, not JSON")
+
+    p = command("work", cmd_work, "run a handler or shell command for each job")
+    _target_args(p)
+    p.add_argument("--command", "-c", help="shell command; payload JSON on stdin, exit 0 acks")
+    p.add_argument("--handler", help="Python handler as module:function, called with the job")
+    p.add_argument("--concurrency", "-n", type=int, default=1)
+    p.add_argument("--lease-seconds", type=float)
+    p.add_argument("--max-jobs", type=int, help="stop after taking this many jobs")
+    p.add_argument("--grace-seconds", type=float, default=30.0)
+    p.add_argument("--verbose", "-v", action="store_true", help="print each job's outcome")
+
+    p = command("stats", cmd_stats, "show a queue's counters")
+    _target_args(p)
+    p.add_argument("--json", action="store_true")
+
+    p = command("dead", cmd_dead, "list, redrive or purge dead letters")
+    p.add_argument("action", choices=["list", "redrive", "purge"])
+    _target_args(p)
+    p.add_argument("--ids", nargs="*", help="only these job ids (default: all)")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+
+    p = command("demo", cmd_demo, "run a broker, producers and workers locally, with a summary")
+    p.add_argument("--root", help=f"root URI (default {DEFAULT_ROOT})")
+    p.add_argument("--jobs", type=int, default=2000)
+    p.add_argument("--producers", type=int, default=32)
+    p.add_argument("--workers", type=int, default=32)
+    p.add_argument(
+        "--latency",
+        default="s3",
+        choices=["s3", "gcs", "none"],
+        help="store latency model (default s3: 20 ms reads, 60 ms writes)",
+    )
     return parser
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from obque.commit import QueueEngine
-from obque.core import InvalidRequest, QueueNotFound, decode_state
+from obque.core import InvalidRequest, NotLeader, QueueNotFound, QueueState, decode_state
 from obque.core.limits import check_queue_name
 from obque.store import DEFAULT_QUEUE, Store, open_store
 
@@ -100,9 +100,20 @@ class Target:
     def _local(self) -> LocalEndpoint:
         assert self.store is not None
         if self._engine is None:
-            self._engine = QueueEngine(self.store, name=self.queue)
+            guard = None if self.direct else _no_broker_advertised
+            self._engine = QueueEngine(self.store, name=self.queue, guard=guard)
         return LocalEndpoint(self._engine)
 
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()
+
+
+def _no_broker_advertised(state: QueueState) -> None:
+    """Served in-process only while no broker serves the queue; once one is advertised,
+    the client's retry re-resolves and talks to it instead of racing it."""
+    if state.broker is not None and state.broker.url:
+        raise NotLeader(
+            f"queue {state.name!r} is now served by {state.broker.url}",
+            broker_url=state.broker.url,
+        )

@@ -12,6 +12,15 @@ So with C concurrent callers and write latency W the queue sustains about C / W
 operations per second, while each caller waits one to two write latencies. A caller's
 future resolves only after the write containing its operation landed.
 
+Two holds keep that C / W within reach. Callers that loop (workers, a load generator)
+submit again a moment after their answer; a writer that started the next commit at
+once would take only the first few of them, and the callers would split into two
+groups riding alternate commits, halving throughput. So after answering a commit the
+writer waits, for at most a tenth of that commit's duration, until as many operations
+are pending as it just answered. And on a store that allows one write per interval
+(GCS), the writer takes its batch when the interval is over, not before, so everything
+arriving meanwhile rides along.
+
 Long-poll claims wait on an in-memory signal raised by commits that leave a job ready
 (or by the timer of the next delayed job or lease expiry), never by polling the store.
 """
@@ -20,9 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
@@ -44,6 +54,14 @@ __all__ = ["EngineStats", "QueueEngine"]
 #: A commit never carries more operations than this; the rest wait for the next one.
 MAX_BATCH_OPS = 5000
 
+#: After a commit, how long (as a fraction of its duration) the writer waits at most for
+#: the callers it answered to submit again before it starts the next commit.
+GATHER_FRACTION = 0.1
+
+#: Where a caller's answer goes: a thread's future, or an asyncio future of ``arun``,
+#: which is settled on its own event loop (one thread-safe call per loop and commit).
+Answer = Future[Result] | asyncio.Future[Result]
+
 
 @dataclass
 class EngineStats:
@@ -64,6 +82,7 @@ class QueueEngine:
         clock: Callable[[], float] = time.time,
         committer: Committer | None = None,
         name: str | None = None,
+        guard: Callable[[QueueState], None] | None = None,
     ) -> None:
         self.store = store
         self.name = name or store.key.rpartition("/")[2].removesuffix(".json")
@@ -72,9 +91,18 @@ class QueueEngine:
         )
         self.clock = clock
         self.leadership = leadership
+        #: Without leadership: checked against every state a commit builds on (an
+        #: in-process client uses it to notice that a broker now serves the queue).
+        self.guard = guard
         self.stats = EngineStats()
-        self._pending: list[tuple[Op, Future[Result]]] = []
+        self._pending: list[tuple[Op, Answer]] = []
         self._cond = threading.Condition()
+        # Submitters wake the writer once this many operations are pending.
+        self._wake_at = 1
+        # Set by the writer after each commit (see _hold).
+        self._gather_target = 0
+        self._gather_until = 0.0
+        self._write_due = 0.0
         self._waiters: list[Future[None]] = []
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -88,22 +116,28 @@ class QueueEngine:
 
     def submit(self, op: Op) -> Future[Result]:
         future: Future[Result] = Future()
-        with self._cond:
-            if self._closing:
-                raise RuntimeError("engine is closed")
-            if self.leadership is not None and self.leadership.fenced_by is not None:
-                future.set_exception(self.leadership.not_leader(self.committer.state))
-                return future
-            self._pending.append((op, future))
-            self._start()
-            self._cond.notify()
+        self._enqueue(op, future)
         return future
 
     def run(self, op: Op, timeout: float | None = None) -> Result:
         return self.submit(op).result(timeout)
 
     async def arun(self, op: Op) -> Result:
-        return await asyncio.wrap_future(self.submit(op))
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._enqueue(op, future)
+        return await future
+
+    def _enqueue(self, op: Op, future: Answer) -> None:
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("engine is closed")
+            if self.leadership is not None and self.leadership.fenced_by is not None:
+                future.set_exception(self.leadership.not_leader(self.committer.state))
+                return
+            self._pending.append((op, future))
+            self._start()
+            if len(self._pending) >= self._wake_at:
+                self._cond.notify()
 
     def claim(self, op: Claim, wait_seconds: float = 0.0) -> ClaimResult:
         """A claim that waits up to ``wait_seconds`` for a job (long poll)."""
@@ -214,17 +248,43 @@ class QueueEngine:
     def _write_loop(self) -> None:
         if self.leadership is not None:
             self._commit_batch([])  # take leadership (or learn who has it) right away
+        interval = self.store.min_write_interval
         while True:
             with self._cond:
                 if not self._pending and not self._closing:
                     self._cond.wait(self._idle_timeout())
+                self._hold()
                 if self._closing and not self._pending:
                     return
                 batch = self._pending[:MAX_BATCH_OPS]
                 del self._pending[:MAX_BATCH_OPS]
+            writes = self.committer.stats.commits
+            started = time.monotonic()
             self._commit_batch(batch)
+            ended = time.monotonic()
+            self._gather_until = ended + GATHER_FRACTION * (ended - started)
+            if interval and self.committer.stats.commits != writes:
+                self._write_due = ended + interval  # as Committer._pace counts it
 
-    def _commit_batch(self, batch: list[tuple[Op, Future[Result]]]) -> None:
+    def _hold(self) -> None:
+        """With the lock held and operations pending: wait while starting the next
+        commit now would leave out operations that are about to arrive -- until the
+        store's write interval is over, then until the callers the last commit answered
+        have submitted again (or ``GATHER_FRACTION`` of that commit's duration passed)."""
+        while self._pending and not self._closing:
+            now = time.monotonic()
+            if now < self._write_due:
+                self._wake_at = sys.maxsize  # the batch cannot leave earlier anyway
+                self._cond.wait(self._write_due - now)
+            elif len(self._pending) < self._gather_target and now < self._gather_until:
+                self._wake_at = self._gather_target
+                self._cond.wait(self._gather_until - now)
+            else:
+                break
+        self._wake_at = 1
+        self._gather_target = 0
+
+    def _commit_batch(self, batch: list[tuple[Op, Answer]]) -> None:
         ops: list[Op] = [op for op, _ in batch]
         lead = self.leadership
         try:
@@ -251,8 +311,9 @@ class QueueEngine:
         self.stats.commits += 1
         self.stats.ops += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        for (_, future), result in zip(batch, results, strict=False):
-            future.set_result(result)
+        # Those pending now came from other callers; the ones answered next will be back.
+        self._gather_target = len(self._pending) + len(batch)
+        _answer(batch, results)
         self._wake_waiters(state)
 
     def _acquire(self, lead: Leadership) -> None:
@@ -272,10 +333,40 @@ class QueueEngine:
         lead.committed(state)
 
     @staticmethod
-    def _fail(batch: list[tuple[Op, Future[Result]]], exc: BaseException) -> None:
-        for _, future in batch:
-            if not future.done():
-                future.set_exception(exc)
+    def _fail(batch: list[tuple[Op, Answer]], exc: BaseException) -> None:
+        _answer(batch, [exc] * len(batch))
+
+
+Outcome = Result | BaseException
+
+
+def _answer(batch: list[tuple[Op, Answer]], outcomes: Sequence[Outcome]) -> None:
+    """Resolve each caller's future; asyncio futures on their own loops, in one call per
+    loop. A future cancelled meanwhile (a caller that gave up) is skipped: its operation
+    is committed all the same."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Result], Outcome]]] = {}
+    for (_, future), outcome in zip(batch, outcomes, strict=False):
+        if isinstance(future, asyncio.Future):
+            by_loop.setdefault(future.get_loop(), []).append((future, outcome))
+        else:
+            with contextlib.suppress(InvalidStateError):  # cancelled by its caller
+                _settle(future, outcome)
+    for loop, answers in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+            loop.call_soon_threadsafe(_settle_on_loop, answers)
+
+
+def _settle_on_loop(answers: list[tuple[asyncio.Future[Result], Outcome]]) -> None:
+    for future, outcome in answers:
+        if not future.done():
+            _settle(future, outcome)
+
+
+def _settle(future: Answer, outcome: Outcome) -> None:
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _next_due_ms(state: QueueState, now_ms: int) -> int | None:

@@ -1,0 +1,61 @@
+"""Handlers for ``obque work``: a shell command per job, or an imported Python function."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from obque.client.jobs import Job
+from obque.core import InvalidRequest
+
+__all__ = ["CommandFailed", "command_handler", "import_handler"]
+
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+def command_handler(command: str) -> Callable[[Job], None]:
+    """Run ``command`` in a shell with the payload JSON on stdin; exit 0 acks.
+
+    The job's id and attempt are in ``OBQUE_JOB_ID`` and ``OBQUE_ATTEMPT``. A non-zero
+    exit nacks the job with the end of its stderr as the error text."""
+
+    def handle(job: Job) -> None:
+        env = {**os.environ, "OBQUE_JOB_ID": job.id, "OBQUE_ATTEMPT": str(job.attempt)}
+        done = subprocess.run(
+            command,
+            shell=True,
+            input=json.dumps(job.payload).encode(),
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+        if done.stdout:
+            os.write(1, done.stdout)
+        if done.returncode != 0:
+            tail = done.stderr.decode("utf-8", "replace").strip()[-500:]
+            raise CommandFailed(f"exit {done.returncode}: {tail}")
+
+    return handle
+
+
+def import_handler(spec: str) -> Callable[[Job], Any]:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InvalidRequest(f"--handler {spec!r}: use module:function, e.g. tasks:resize")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # handlers live in the user's project
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidRequest(f"--handler {spec!r}: cannot import {module_name}: {exc}") from None
+    handler = getattr(module, attr, None)
+    if not callable(handler):
+        raise InvalidRequest(f"--handler {spec!r}: {module_name} has no function {attr!r}")
+    return handler  # type: ignore[no-any-return]

@@ -122,6 +122,12 @@ async def _read(request: Request) -> bytes:
 
 def _parse(body: bytes, kind: type[Any]) -> Any:
     try:
+        # msgspec checks the strings it decodes but not a payload it keeps as raw JSON;
+        # invalid UTF-8 there would make the queue file unreadable to any JSON parser.
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid UTF-8: {exc}") from None
+    try:
         return _DECODERS[kind].decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"invalid request body: {exc}") from None
@@ -227,7 +233,7 @@ def create_app(
         engine = await queues.get(name)
         body: ClaimIn = await _decode(request, ClaimIn)
         op = Claim.of(body.worker, body.max, body.lease_seconds)
-        result = await engine.aclaim(op, body.wait_seconds)
+        result = await engine.aclaim(op, body.wait_seconds, abandoned=request.is_disconnected)
         return _json(views.claim_out(result))
 
     @app.post("/v1/queues/{name}/heartbeat", **_doc(HeartbeatIn, views.ResultsOut))

@@ -4,44 +4,61 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 from obque.broker.settings import BrokerSettings
-from obque.commit import Leadership, QueueEngine, create_queue
+from obque.commit import Engine, Leadership, QueueEngine, create_queue
 from obque.core import Configure, InvalidRequest, QueueNotFound, QueueState
 from obque.core.limits import check_queue_name
-from obque.store import Root, open_root
+from obque.store import Root, Store, open_root
 
 __all__ = ["QueueRegistry"]
 
 
+EngineFactory = Callable[[Store, str], Engine]
+
+
 class QueueRegistry:
-    def __init__(self, settings: BrokerSettings, root: Root | None = None) -> None:
+    """``engine_factory`` makes the engine of each queue; by default a group-commit
+    ``QueueEngine``, leading the queue when the broker runs as a process."""
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        root: Root | None = None,
+        *,
+        engine_factory: EngineFactory | None = None,
+    ) -> None:
         self.settings = settings
         self.root = root or open_root(settings.root)
-        self._engines: dict[str, QueueEngine] = {}
+        self.engine_factory = engine_factory or self._group_commit_engine
+        self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
 
-    def _engine(self, name: str) -> QueueEngine:
+    def _group_commit_engine(self, store: Store, name: str) -> Engine:
+        leadership = None
+        if self.settings.mode == "process" and self.settings.advertise:
+            leadership = Leadership(
+                self.settings.advertise,
+                timeout_s=self.settings.broker_timeout,
+                take_serverless=self.settings.take_serverless,
+            )
+        return QueueEngine(store, leadership=leadership, name=name)
+
+    def _engine(self, name: str) -> Engine:
         with self._lock:
             engine = self._engines.get(name)
             if engine is None:
-                leadership = None
-                if self.settings.mode == "process" and self.settings.advertise:
-                    leadership = Leadership(
-                        self.settings.advertise,
-                        timeout_s=self.settings.broker_timeout,
-                        take_serverless=self.settings.take_serverless,
-                    )
-                engine = QueueEngine(self.root.queue(name), leadership=leadership, name=name)
+                engine = self.engine_factory(self.root.queue(name), name)
                 self._engines[name] = engine
                 engine.start()
             return engine
 
-    def known(self) -> dict[str, QueueEngine]:
+    def known(self) -> dict[str, Engine]:
         with self._lock:
             return dict(self._engines)
 
-    async def get(self, name: str) -> QueueEngine:
+    async def get(self, name: str) -> Engine:
         """The engine of an existing queue (``QueueNotFound`` otherwise)."""
         check_queue_name(name)
         engine = self._engines.get(name)
@@ -57,13 +74,18 @@ class QueueRegistry:
         check_queue_name(name)
         configure = Configure.of(config)  # validate before touching the store
         engine = self._engines.get(name)
-        if engine is not None:
-            if configure.changes:
-                await engine.arun(configure)
-            return False, engine.read_state()
-        created, state = await asyncio.to_thread(create_queue, self.root.queue(name), name, config)
-        self._engine(name)
-        return created, state
+        if engine is None:
+            created, state = await asyncio.to_thread(
+                create_queue, self.root.queue(name), name, config, update=False
+            )
+            engine = self._engine(name)
+            if created:
+                return True, state
+        # Settings of an existing queue change through its engine, so only the queue's
+        # leader writes them (anyone else answers not_leader).
+        if configure.changes:
+            await engine.arun(configure)
+        return False, await asyncio.to_thread(engine.read_state)
 
     async def names(self) -> list[str]:
         return sorted(await asyncio.to_thread(self.root.queue_names))

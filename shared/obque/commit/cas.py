@@ -125,20 +125,27 @@ class Committer:
         ops: Sequence[Op],
         *,
         check: Callable[[QueueState], None] | None = None,
+        max_conflicts: int | None = None,
     ) -> tuple[QueueState, list[Result]]:
         """Apply ``ops`` in one commit and return the committed state and the results.
+
+        ``max_conflicts`` lost writes in a row re-raise ``Conflict`` (the serverless
+        handler uses 1 to switch to intents as soon as it meets contention).
 
         ``check`` runs on the state each attempt starts from (leadership fencing raises
         from there), so nothing is written over a state the caller must not build on.
         """
         with self._lock:
-            return self._commit(ops, check)
+            return self._commit(ops, check, max_conflicts)
 
     def _commit(
-        self, ops: Sequence[Op], check: Callable[[QueueState], None] | None
+        self,
+        ops: Sequence[Op],
+        check: Callable[[QueueState], None] | None,
+        max_conflicts: int | None = None,
     ) -> tuple[QueueState, list[Result]]:
         deadline = time.monotonic() + self.conflict_deadline
-        unavailable = 0
+        unavailable = conflicts = 0
         backoff = 0.005
         fresh = False
         while True:
@@ -169,6 +176,9 @@ class Committer:
             except Conflict:
                 self.stats.conflicts += 1
                 self._state = None  # the next attempt re-reads
+                conflicts += 1
+                if max_conflicts is not None and conflicts >= max_conflicts:
+                    raise
                 if time.monotonic() > deadline:
                     raise StoreUnavailable(
                         f"{self.store.uri}: gave up after {self.conflict_deadline:g}s of "
@@ -205,9 +215,13 @@ def create_queue(
     config: dict[str, object] | None = None,
     *,
     clock: Clock = time.time,
+    update: bool = True,
 ) -> tuple[bool, QueueState]:
     """Create the queue file if absent (``(True, state)``); otherwise apply the given
-    settings to it (``(False, state)``). Never overwrites an unreadable file."""
+    settings to it (``(False, state)``). Never overwrites an unreadable file.
+
+    ``update=False`` leaves an existing queue as it is (a broker changes settings through
+    the queue's engine, so only the queue's leader writes them)."""
     configure = Configure.of(config or {})
     # Revision 1 is the creating commit.
     state = dataclasses.replace(
@@ -220,7 +234,7 @@ def create_queue(
     except Conflict:
         committer = Committer(store, clock=clock)
         committer.refresh()
-        if not configure.changes:
+        if not configure.changes or not update:
             assert committer.state is not None
             return False, committer.state
         state, _ = committer.commit([configure])

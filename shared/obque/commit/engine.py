@@ -32,7 +32,7 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
@@ -155,8 +155,19 @@ class QueueEngine:
             finally:
                 self._drop_waiter(waiter)
 
-    async def aclaim(self, op: Claim, wait_seconds: float = 0.0) -> ClaimResult:
-        """The long-poll claim for event loops: waiting holds no thread."""
+    async def aclaim(
+        self,
+        op: Claim,
+        wait_seconds: float = 0.0,
+        *,
+        abandoned: Callable[[], Awaitable[bool]] | None = None,
+    ) -> ClaimResult:
+        """The long-poll claim for event loops: waiting holds no thread.
+
+        ``abandoned`` is asked after each wait, before claiming again: a caller that has
+        gone (an HTTP client that disconnected) must not be handed jobs nobody will see,
+        which would then sit claimed until their lease lapsed.
+        """
         deadline = time.monotonic() + wait_seconds
         while True:
             result = await self.arun(op)
@@ -170,6 +181,8 @@ class QueueEngine:
                     await asyncio.wait_for(asyncio.wrap_future(waiter), timeout=remaining)
             finally:
                 self._drop_waiter(waiter)
+            if abandoned is not None and await abandoned():
+                return ClaimResult(())
 
     def read_state(self) -> QueueState:
         """The queue as this process last committed or read it (read once if needed)."""

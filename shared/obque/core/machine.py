@@ -18,10 +18,12 @@ import hashlib
 import heapq
 from collections.abc import Sequence
 
+from msgspec import Raw
 from msgspec.structs import replace
 
 from obque.core import limits
 from obque.core.model import Applied, Job, JobClaim, Stats
+from obque.core.opcodec import encode_results
 from obque.core.ops import (
     Ack,
     Advertise,
@@ -32,6 +34,8 @@ from obque.core.ops import (
     Configure,
     CountResult,
     Heartbeat,
+    Intent,
+    IntentResult,
     ItemResult,
     ItemsResult,
     LeaseRef,
@@ -146,7 +150,18 @@ class _Commit:
                 self.changed = True
                 self.broker = op.broker
                 return CountResult(1)
+            case Intent():
+                return self.intent(op)
         raise TypeError(f"not an operation: {op!r}")  # pragma: no cover
+
+    def intent(self, op: Intent) -> IntentResult:
+        key = f"i:{op.id}"
+        if key in self.applied:
+            return IntentResult((), fresh=False)
+        results = tuple(self.run(inner) for inner in op.ops)
+        self.changed = True
+        self.applied[key] = Applied(at_ms=self.now, result=Raw(encode_results(results)))
+        return IntentResult(results)  # type: ignore[arg-type]  # nested intents: not built
 
     def _max_attempts(self, job: Job) -> int:
         return job.max_attempts or self.config.max_attempts
@@ -161,7 +176,7 @@ class _Commit:
     def _horizon_ms(self, name: str) -> int:
         """Entries older than this stop deduplicating. Client retry keys (``~…``) only
         need to outlive a retry, so they go sooner and keep the file small."""
-        if name.startswith("k:" + limits.RETRY_KEY_PREFIX):
+        if name.startswith(("i:", "k:" + limits.RETRY_KEY_PREFIX)):
             return self.now - limits.RETRY_KEY_SECONDS * 1000
         return self.now - self.config.dedup_seconds * 1000
 

@@ -15,7 +15,19 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["Applied", "BrokerRecord", "Job", "JobClaim", "QueueConfig", "QueueDoc", "Stats"]
+#: ``Applied.result`` of entries that carry none (push keys).
+NO_RESULT = msgspec.Raw(b"null")
+
+__all__ = [
+    "NO_RESULT",
+    "Applied",
+    "BrokerRecord",
+    "Job",
+    "JobClaim",
+    "QueueConfig",
+    "QueueDoc",
+    "Stats",
+]
 
 
 class JobClaim(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -81,7 +93,9 @@ class Applied(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fi
 
     at_ms: int
     id: str | None = None
-    result: msgspec.Raw | None = None
+    #: An intent's encoded results (``NO_RESULT`` for keys). msgspec cannot decode an
+    #: optional ``Raw``, so absence is the JSON ``null`` itself.
+    result: msgspec.Raw = NO_RESULT
 
 
 class QueueDoc(msgspec.Struct, forbid_unknown_fields=True):

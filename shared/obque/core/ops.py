@@ -29,6 +29,8 @@ __all__ = [
     "Configure",
     "CountResult",
     "Heartbeat",
+    "Intent",
+    "IntentResult",
     "ItemResult",
     "ItemsResult",
     "LeaseRef",
@@ -285,7 +287,18 @@ class Advertise:
     broker: BrokerRecord
 
 
-Op = Push | Claim | Heartbeat | Ack | Nack | Redrive | Purge | Configure | Advertise
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """Operations an invocation left as an intent object (SPEC §5), applied together.
+
+    Applying an intent records its results in ``applied`` under ``i:ID``; an intent
+    already recorded there is skipped, so folding one twice changes nothing."""
+
+    id: str
+    ops: tuple[Push | Claim | Heartbeat | Ack | Nack | Redrive | Purge | Configure, ...]
+
+
+Op = Push | Claim | Heartbeat | Ack | Nack | Redrive | Purge | Configure | Advertise | Intent
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +347,15 @@ class ConfigResult:
 
 
 @dataclass(frozen=True, slots=True)
+class IntentResult:
+    results: tuple[
+        PushResult | ClaimResult | ItemsResult | CountResult | ConfigResult | OpError, ...
+    ]
+    #: False when the intent had been applied before (its results are in ``applied``).
+    fresh: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class OpError:
     """An operation refused as a whole (the rest of its batch still applies)."""
 
@@ -341,4 +363,6 @@ class OpError:
     message: str
 
 
-Result = PushResult | ClaimResult | ItemsResult | CountResult | ConfigResult | OpError
+Result = (
+    PushResult | ClaimResult | ItemsResult | CountResult | ConfigResult | OpError | IntentResult
+)

@@ -8,7 +8,7 @@ import socket
 
 from obque.broker.app import create_app
 from obque.broker.settings import BrokerSettings
-from obque.core import InvalidRequest
+from obque.core import InvalidRequest, MissingDependency
 
 __all__ = ["default_advertise", "is_loopback", "serve"]
 
@@ -45,7 +45,12 @@ def serve(
             f"refusing to listen on {host} without a token: anyone who can reach it could "
             "push, claim and purge jobs. Set --token (or OBQUE_TOKEN), or pass --insecure."
         )
-    import uvicorn
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise MissingDependency(
+            "running a broker process needs uvicorn: pip install 'obque[server]'"
+        ) from exc
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     uvicorn.run(

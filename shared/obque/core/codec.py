@@ -45,7 +45,7 @@ def decode_state(data: bytes, where: str) -> QueueState:
     for job in doc.jobs:  # one pass builds both indexes
         jobs[job.id] = job
         if job.key is not None:
-            keys[job.key] = job.id
+            keys.setdefault(job.key, job.id)  # the first holder, as apply keeps it
     if len(jobs) != len(doc.jobs):
         raise QueueFileCorrupt(f"{where} lists a job id twice; it was left untouched")
     return QueueState(
@@ -117,6 +117,11 @@ def _decode_with_extras(data: bytes, where: str) -> tuple[QueueDoc, Extras]:
         broker=_split(raw.get("broker"), "broker"),
         stats=_split(raw.get("stats"), "stats"),
     )
+    applied = raw.get("applied")
+    if isinstance(applied, dict):
+        for name, entry in applied.items():
+            if found := _split(entry, "applied"):
+                extras.applied[name] = found
     for job in [*(raw.get("jobs") or []), *(raw.get("dead") or [])]:
         if not isinstance(job, dict):
             continue
@@ -170,4 +175,8 @@ def _merge_extras(doc: QueueDoc, extras: Extras) -> dict[str, Any]:
     out["stats"] = _record(doc.stats, extras.stats)
     out["jobs"] = [_job(job, extras) for job in doc.jobs]
     out["dead"] = [_job(job, extras) for job in doc.dead]
+    out["applied"] = {
+        name: {**found, **_fields(entry)} if (found := extras.applied.get(name)) else entry
+        for name, entry in doc.applied.items()
+    }
     return out

@@ -17,6 +17,7 @@ import base64
 import hashlib
 import heapq
 from collections.abc import Sequence
+from dataclasses import replace as replace_dc
 
 from msgspec import Raw
 from msgspec.structs import replace
@@ -77,7 +78,15 @@ def apply(
     txn = _Commit(state, now_ms, nonce)
     txn.expire_claims()
     results = [txn.run(op) for op in ops]
-    return txn.finish(), results
+    new_state = txn.finish()
+    if new_state is state:
+        # Nothing changed, so nothing will be written: a push of duplicates only is held
+        # by the current revision, not the next one.
+        results = [
+            replace_dc(r, revision=state.revision) if isinstance(r, PushResult) else r
+            for r in results
+        ]
+    return new_state, results
 
 
 class _Commit:
@@ -402,7 +411,10 @@ class _Commit:
     def redrive(self, ids: tuple[str, ...] | None) -> int:
         taken = self._take_dead(ids)
         for job in taken:
-            self._append(replace(job, attempts=0, claim=None, ready_ms=self.now))
+            key = job.key
+            if key is not None and self.keys.get(key, job.id) != job.id:
+                key = None  # a live job took the key meanwhile; one live job per key
+            self._append(replace(job, key=key, attempts=0, claim=None, ready_ms=self.now))
         self.counters["redriven"] += len(taken)
         return len(taken)
 

@@ -126,6 +126,7 @@ KNOWN_FIELDS: dict[str, frozenset[str]] = {
         ("broker", BrokerRecord),
         ("config", QueueConfig),
         ("stats", Stats),
+        ("applied", Applied),
     )
 }
 

@@ -56,14 +56,47 @@ def encode_payload(payload: Any) -> msgspec.Raw:
         raise InvalidRequest(f"payload is not JSON-serialisable: {exc}") from exc
 
 
+def _checked_raw(raw: msgspec.Raw) -> msgspec.Raw:
+    """Raw JSON goes into the queue file verbatim: one bad byte would make the whole file
+    unreadable, so it is parsed once here (the broker's bodies are, already, but the
+    engine API takes ``Raw`` from anyone)."""
+    try:
+        # Decoding *as Raw* checks the syntax without converting numbers, so any valid
+        # JSON passes (1e999 included); strings are not checked for UTF-8, so check it.
+        msgspec.json.decode(raw, type=msgspec.Raw)
+        bytes(raw).decode("utf-8")
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"payload is not valid JSON: {exc}") from None
+    return raw
+
+
+def _shown(number: float) -> str:
+    """A limit as people write it: 4194304, not 4.1943e+06."""
+    return str(int(number)) if float(number).is_integer() else repr(number)
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float, or None (bools, non-numbers, NaN, ±inf, and integers
+    too large for a float -- JSON allows 10**400)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _seconds_to_ms(value: float | None, what: str, low: float, high: float) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidRequest(f"{what} must be a number of seconds, got {value!r}")
-    if not low <= value <= high:
-        raise InvalidRequest(f"{what} must be between {low:g} and {high:g} seconds, got {value!r}")
-    return round(value * 1000)
+    number = _finite(value)
+    if number is None or not low <= number <= high:
+        raise InvalidRequest(
+            f"{what} must be a number of seconds from {_shown(low)} to {_shown(high)}, "
+            f"got {value!r:.40}"
+        )
+    return round(number * 1000)
 
 
 def _text(value: object, what: str, limit: int) -> str:
@@ -95,7 +128,7 @@ class NewJob:
         delay_seconds: float | None = None,
         max_attempts: int | None = None,
     ) -> NewJob:
-        raw = payload if isinstance(payload, msgspec.Raw) else encode_payload(payload)
+        raw = _checked_raw(payload) if isinstance(payload, msgspec.Raw) else encode_payload(payload)
         return cls(
             payload=raw,
             key=None if key is None else _text(key, "key", limits.MAX_KEY_CHARS),
@@ -265,15 +298,16 @@ class Configure:
                     f"unknown queue setting {name!r}; settings: {', '.join(_CONFIG_RANGES)}"
                 )
             kind, low, high = _CONFIG_RANGES[name]
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            number = _finite(value)
+            ok = number is not None and low <= number <= high
             if ok and kind is int:
-                ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-            if not ok or not math.isfinite(value) or not low <= value <= high:  # type: ignore[arg-type, operator]
+                ok = float(number).is_integer()  # type: ignore[arg-type]
+            if not ok or number is None:
                 raise InvalidRequest(
                     f"{name} must be {'an integer' if kind is int else 'a number'} "
-                    f"from {low:g} to {high:g}, got {value!r}"
+                    f"from {_shown(low)} to {_shown(high)}, got {value!r:.40}"
                 )
-            checked.append((name, int(value) if kind is int else float(value)))  # type: ignore[call-overload, arg-type]
+            checked.append((name, int(number) if kind is int else number))
         return cls(tuple(checked))
 
     def applied_to(self, config: QueueConfig) -> QueueConfig:

@@ -31,10 +31,18 @@ class Extras:
     stats: dict[str, Any] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     claims: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    #: By ``applied`` entry name, while the entry lives.
+    applied: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
-            self.top or self.config or self.broker or self.stats or self.jobs or self.claims
+            self.top
+            or self.config
+            or self.broker
+            or self.stats
+            or self.jobs
+            or self.claims
+            or self.applied
         )
 
 

@@ -56,20 +56,29 @@ _TRANSPORT_ERRORS = (
 
 
 def _never_sent(exc: BaseException) -> bool:
-    """Whether a transport error happened while connecting, before any byte was sent.
+    """Whether a write's transport error certainly struck before the request was sent.
 
-    requests wraps urllib3's ``MaxRetryError`` whose ``reason`` is a connect failure
-    (``NewConnectionError`` subclasses ``ConnectTimeoutError``); an error while sending
-    or reading surfaces differently (``ProtocolError``, ``ReadTimeoutError``).
+    Two cases qualify: google-auth failed to fetch a token (that happens before the
+    request), or the connection could not be made. requests reports the latter as a
+    ``ConnectionError`` wrapping urllib3's ``MaxRetryError`` whose ``reason`` is a
+    ``ConnectTimeoutError`` (``NewConnectionError`` is one). Only explicit wrapping is
+    followed, never ``__context__``: an unrelated earlier error must not make a write
+    that may have landed look unsent.
     """
-    seen: BaseException | None = exc
-    while seen is not None:
-        for arg in seen.args:
-            if isinstance(arg, urllib3.exceptions.ConnectTimeoutError) or isinstance(
-                getattr(arg, "reason", None), urllib3.exceptions.ConnectTimeoutError
-            ):
-                return True
-        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, auth.TransportError):
+        return True
+    pending: list[object] = [exc]
+    for _ in range(16):  # wrappers nest a few levels deep at most
+        if not pending:
+            return False
+        found = pending.pop()
+        if isinstance(found, urllib3.exceptions.ConnectTimeoutError):
+            return True
+        if isinstance(found, urllib3.exceptions.MaxRetryError):
+            pending.append(found.reason)
+        elif isinstance(found, BaseException):
+            pending.extend(found.args)
+            pending.append(found.__cause__)
     return False
 
 

@@ -37,7 +37,9 @@ try:
         ClientError,
         ConnectionError,
         CredentialRetrievalError,
+        FlexibleChecksumError,
         HTTPClientError,
+        IncompleteReadError,
         NoCredentialsError,
         PartialCredentialsError,
     )
@@ -55,6 +57,9 @@ _CONNECT_TIMEOUT_S = 5
 _READ_TIMEOUT_S = 30
 _POOL = 32
 _CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)
+# A read or delete that failed in transport (or whose body arrived cut or corrupt) can
+# simply be tried again.
+_TRANSIENT_ERRORS = (ConnectionError, HTTPClientError, IncompleteReadError, FlexibleChecksumError)
 
 
 def _client(session: boto3.session.Session, retries: int) -> S3Client:
@@ -86,7 +91,7 @@ class S3Backend(Backend):
             if _code(exc) == "NoSuchKey":
                 return None
             raise _refused(self.uri(key), exc, writing=False) from exc
-        except (ConnectionError, HTTPClientError) as exc:
+        except _TRANSIENT_ERRORS as exc:
             raise StoreUnavailable(f"{self.uri(key)}: read failed: {exc}") from exc
         except _CREDENTIAL_ERRORS as exc:
             raise _no_credentials(self.uri(key), exc) from exc
@@ -134,7 +139,7 @@ class S3Backend(Backend):
         except ClientError as exc:
             if _code(exc) != "NoSuchKey":
                 raise _refused(self.uri(key), exc, writing=False) from exc
-        except (ConnectionError, HTTPClientError) as exc:
+        except _TRANSIENT_ERRORS as exc:
             raise StoreUnavailable(f"{self.uri(key)}: delete failed: {exc}") from exc
         except _CREDENTIAL_ERRORS as exc:
             raise _no_credentials(self.uri(key), exc) from exc
@@ -147,7 +152,7 @@ class S3Backend(Backend):
                 keys.extend(item["Key"] for item in page.get("Contents", []))
         except ClientError as exc:
             raise _refused(self.uri(prefix), exc, writing=False) from exc
-        except (ConnectionError, HTTPClientError) as exc:
+        except _TRANSIENT_ERRORS as exc:
             raise StoreUnavailable(f"{self.uri(prefix)}: list failed: {exc}") from exc
         except _CREDENTIAL_ERRORS as exc:
             raise _no_credentials(self.uri(prefix), exc) from exc
@@ -172,8 +177,8 @@ def _refused(uri: str, exc: ClientError, *, writing: bool) -> StoreError:
     message = exc.response.get("Error", {}).get("Message", "")
     said = f"S3 answered {status} {code}: {message}".rstrip(": ")
     if status >= 500:
-        # A 5xx may come after the object was stored (S3 documents 500 InternalError as
-        # "the request may have succeeded"): only a re-read can tell.
+        # A 5xx can come after the object was stored (a proxy's 502/504, S3's own 500):
+        # for a write only a re-read can tell.
         return (AmbiguousWrite if writing else StoreUnavailable)(f"{uri}: {said}")
     if status == 429 or code in ("SlowDown", "RequestTimeout", "Throttling"):
         return StoreUnavailable(f"{uri}: {said}; retry later")

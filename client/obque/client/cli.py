@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from obque.core import InvalidRequest, ObqueError, QueueNotFound, QueueState, decode_state
+from obque.core.limits import check_queue_name
 from obque.store import open_store
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     uri = _queue_uri(args.target, args.queue, _root(args))
     store = open_store(uri)
-    name = store.key.rpartition("/")[2].removesuffix(".json")
+    # The name becomes a URL path segment and an object key: refuse one no broker serves.
+    name = check_queue_name(store.key.rpartition("/")[2].removesuffix(".json"))
     config: dict[str, object] = {}
     for field in ("lease_seconds", "max_attempts", "max_jobs"):
         value = getattr(args, field)
@@ -385,6 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `obque inspect | head`: the reader left, nothing to say
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

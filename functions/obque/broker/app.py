@@ -8,6 +8,7 @@ validated operations, hand them to the queue's engine, encode the answer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -168,9 +169,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scan = None
         if settings.mode == "process":
             await asyncio.to_thread(queues.adopt_existing)
+            scan = asyncio.create_task(_adopt_new_queues(queues, settings.broker_timeout / 3))
         yield
+        if scan is not None:
+            scan.cancel()
         await asyncio.to_thread(queues.close)
 
     app = FastAPI(
@@ -308,6 +313,17 @@ def create_app(
 
     _publish_schemas(app)
     return app
+
+
+async def _adopt_new_queues(queues: QueueRegistry, every_s: float) -> None:
+    """Serve queue files created beside the broker (``obque init`` writes the file
+    directly): one LIST of the root every ``broker_timeout / 3``."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.to_thread(queues.adopt_existing)
+        except ObqueError as exc:  # the store is down: try again next round
+            logging.getLogger("obque.broker").warning("scanning the root failed: %s", exc)
 
 
 async def _optional_ids(request: Request) -> tuple[str, ...] | None:

@@ -118,7 +118,7 @@ class AsyncClient:
             AsyncJob(self, c, lease_seconds or max_lease(c.lease_expires_ms, now)) for c in claimed
         ]
         if heartbeat and jobs:
-            self._leases.track(jobs)
+            self._leases.track(jobs, lease_seconds)
             if self._beats is None or self._beats.done():
                 self._beats = asyncio.create_task(self._heartbeat_loop())
         return jobs
@@ -165,10 +165,10 @@ class AsyncClient:
                 await asyncio.wait_for(
                     self._closed.wait(), timeout=self._leases.next_wait(time.time())
                 )
-            due = self._leases.due(time.time())
-            if due and not self._closed.is_set():
-                with contextlib.suppress(ObqueError):
-                    await self._extend(due)
+            for lease_seconds, due in self._leases.due_by_length(time.time()).items():
+                if not self._closed.is_set():
+                    with contextlib.suppress(ObqueError):
+                        await self._extend(due, lease_seconds)
 
     async def stats(self) -> dict[str, Any]:
         return await self._execute(calls.stats_call(_now_ms))

@@ -4,8 +4,9 @@
   and Function URLs deployed in bearer mode);
 * ``https://ID.lambda-url.REGION.on.aws/``: SigV4 for service ``lambda`` with boto3's
   credential chain (environment, profiles, SSO, instance and container roles);
-* ``*.run.app`` / ``*.cloudfunctions.net``: a Google ID token for the URL's audience from
-  google-auth's chain (service account keys, metadata server, gcloud user credentials);
+* ``*.run.app`` / ``*.cloudfunctions.net``: a Google ID token whose audience is the
+  service's URL (or the function's, name included) from google-auth's chain (service
+  account keys, metadata server, gcloud user credentials);
 * anything else: no credentials.
 """
 
@@ -104,10 +105,14 @@ def auth_for(url: str, token: str | None = None) -> Auth:
     token = token or os.environ.get("OBQUE_TOKEN")
     if token:
         return BearerAuth(token)
-    host = (urlsplit(url).hostname or "").lower()
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
     if match := _LAMBDA_URL.match(host):
         return SigV4Auth(match.group(1))
-    if host.endswith((".run.app", ".cloudfunctions.net")):
-        parts = urlsplit(url)
+    if host.endswith(".run.app"):
         return GoogleIdTokenAuth(f"{parts.scheme}://{parts.netloc}")
+    if host.endswith(".cloudfunctions.net"):
+        # A function's audience is its URL, function name included: the host is shared
+        # by every function of the project and region.
+        return GoogleIdTokenAuth(f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}")
     return NoAuth()

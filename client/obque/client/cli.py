@@ -43,7 +43,7 @@ def _queue_uri(target: str | None, queue: str | None, root: str) -> str:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from obque.broker.serve import default_advertise, serve
+    from obque.broker.serve import check_bind, default_advertise, serve
     from obque.broker.settings import BrokerSettings
 
     settings = BrokerSettings.from_env(
@@ -53,6 +53,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         broker_timeout=args.broker_timeout,
         take_serverless=args.take_serverless or None,
     )
+    check_bind(settings, args.host, insecure=args.insecure)
     print(
         f"obque broker: serving {settings.root} at http://{args.host}:{args.port} "
         f"(advertised as {settings.advertise})",

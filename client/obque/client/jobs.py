@@ -128,17 +128,22 @@ class Leases:
     """Held leases, heartbeated together every ``lease / 3`` in one request."""
 
     held: dict[str, JobBase] = field(default_factory=dict)
+    #: The lease length each job was claimed with (None: the queue's default), which its
+    #: heartbeats renew; renewing for another length would shorten or stretch the lease.
+    renew: dict[str, float | None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def track(self, jobs: Iterable[JobBase]) -> None:
+    def track(self, jobs: Iterable[JobBase], lease_seconds: float | None = None) -> None:
         with self.lock:
             for job in jobs:
                 self.held[job.id] = job
+                self.renew[job.id] = lease_seconds
 
     def untrack(self, job: JobBase) -> None:
         with self.lock:
             if self.held.get(job.id) is job:
                 del self.held[job.id]
+                self.renew.pop(job.id, None)
 
     def due(self, now_s: float) -> list[JobBase]:
         """Jobs whose lease is a third or more through its length."""
@@ -149,6 +154,15 @@ class Leases:
                 if job.settled is None
                 and job.lease_expires_ms / 1000 - now_s <= job.lease_seconds * 2 / 3
             ]
+
+    def due_by_length(self, now_s: float) -> dict[float | None, list[JobBase]]:
+        """``due`` grouped by the lease length to renew: one heartbeat request each."""
+        due = self.due(now_s)
+        groups: dict[float | None, list[JobBase]] = {}
+        with self.lock:
+            for job in due:
+                groups.setdefault(self.renew.get(job.id), []).append(job)
+        return groups
 
     def next_wait(self, now_s: float) -> float:
         """Seconds until the next heartbeat is due (capped, so new jobs are noticed)."""

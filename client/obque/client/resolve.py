@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from obque.commit import QueueEngine
 from obque.core import InvalidRequest, NotLeader, QueueNotFound, QueueState, decode_state
 from obque.core.limits import check_queue_name
-from obque.store import DEFAULT_QUEUE, Store, open_store
+from obque.store import DEFAULT_QUEUE, Store, open_store, split_uri
 
 __all__ = ["HttpEndpoint", "LocalEndpoint", "Target"]
 
@@ -52,13 +52,14 @@ class Target:
         self.direct = direct
         self.override = os.environ.get("OBQUE_URL") if not direct else None
         self.store: Store | None = None
-        if _is_url(target) or self.override:
+        if _is_url(target):
             self.queue = check_queue_name(queue or DEFAULT_QUEUE)
+        elif self.override:
+            # OBQUE_URL names the broker; the queue is still the one the file names.
+            self.queue = check_queue_name(queue or _queue_of(split_uri(target)[2]))
         else:
             self.store = open_store(target)
-            self.queue = check_queue_name(
-                queue or self.store.key.rpartition("/")[2].removesuffix(".json")
-            )
+            self.queue = check_queue_name(queue or _queue_of(self.store.key))
         self._endpoint: Endpoint | None = None
         self._engine: QueueEngine | None = None
         self._lock = threading.Lock()
@@ -68,9 +69,9 @@ class Target:
 
     def endpoint(self, refresh: bool = False) -> Endpoint:
         with self._lock:
-            if self._endpoint is None or (
-                refresh and not isinstance(self._endpoint, LocalEndpoint)
-            ):
+            # A queue served in-process re-resolves too: its engine's guard raises
+            # NotLeader once a broker is advertised, and then the broker must be used.
+            if self._endpoint is None or refresh:
                 self._endpoint = self._resolve()
             return self._endpoint
 
@@ -107,6 +108,13 @@ class Target:
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()
+
+
+def _queue_of(key: str) -> str:
+    """The queue a store key names (``prefix/NAME.json``; a root names the default)."""
+    if not key.endswith(".json"):
+        return DEFAULT_QUEUE
+    return key.rpartition("/")[2].removesuffix(".json")
 
 
 def _no_broker_advertised(state: QueueState) -> None:

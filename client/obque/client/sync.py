@@ -51,6 +51,7 @@ class Client:
         self._retry = retry or RetryPolicy()
         self._connect_timeout = connect_timeout
         self._http: Any = None
+        self._http_lock = threading.Lock()
         self._leases = Leases()
         self._beats: threading.Thread | None = None
         self._closed = threading.Event()
@@ -80,8 +81,10 @@ class Client:
     def _send(self, endpoint: HttpEndpoint, call: Call[T]) -> T:
         import httpx
 
-        if self._http is None:
-            self._http = httpx.Client(timeout=httpx.Timeout(30.0, connect=self._connect_timeout))
+        with self._http_lock:  # threads share a client; only one may make its pool
+            if self._http is None:
+                timeout = httpx.Timeout(30.0, connect=self._connect_timeout)
+                self._http = httpx.Client(timeout=timeout)
         request = build_request(endpoint, call, self._auth_for(endpoint.url))
         try:
             response = self._http.request(
@@ -132,7 +135,7 @@ class Client:
         now = time.time()
         jobs = [Job(self, c, lease_seconds or max_lease(c.lease_expires_ms, now)) for c in claimed]
         if heartbeat and jobs:
-            self._leases.track(jobs)
+            self._leases.track(jobs, lease_seconds)
             self._start_heartbeats()
         return jobs
 
@@ -182,12 +185,10 @@ class Client:
 
     def _heartbeat_loop(self) -> None:
         while not self._closed.wait(self._leases.next_wait(time.time())):
-            due = self._leases.due(time.time())
-            if not due:
-                continue
-            # On failure the next round tries again; a lease that lapses is redelivered.
-            with contextlib.suppress(ObqueError):
-                self._extend(due)
+            for lease_seconds, due in self._leases.due_by_length(time.time()).items():
+                # On failure the next round tries again; a lease that lapses is redelivered.
+                with contextlib.suppress(ObqueError):
+                    self._extend(due, lease_seconds)
 
     # -- inspecting and administering ---------------------------------------------------
 

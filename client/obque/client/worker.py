@@ -10,6 +10,9 @@ the exception's text, so the queue retries it with backoff and dead-letters it a
 On SIGTERM or SIGINT (or ``stop()``), the worker stops claiming, gives running handlers
 ``grace_seconds`` to finish, then releases the jobs still running (nack with delay 0) so
 another worker can take them at once instead of waiting for their leases to lapse.
+
+A claim failing for good (no such queue, refused credentials) drains the same way and
+``run`` raises that error; transient trouble (after the client's own retries) is waited out.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
 from obque.client.jobs import Job
+from obque.client.retry import retryable
 from obque.client.sync import Client
 from obque.core import ObqueError
 
@@ -89,7 +93,7 @@ class Worker:
         previous = self._install_signals()
         taken = 0
         running: dict[Future[None], Job] = {}
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="obque-handler")
+        failure: ObqueError | None = None
         try:
             while not self._stop.is_set():
                 if self.max_jobs is not None and taken >= self.max_jobs:
@@ -110,21 +114,43 @@ class Worker:
                         wait=CLAIM_WAIT_SECONDS,
                         heartbeat=True,
                     )
-                except ObqueError:
+                except ObqueError as exc:
+                    if not retryable(exc):
+                        failure = exc  # no such queue, bad credentials: waiting cannot help
+                        break
                     if self._stop.wait(1.0):
                         break
                     continue
                 for job in jobs:
-                    running[pool.submit(self._handle, job)] = job
+                    running[self._start_handler(job)] = job
                 taken += len(jobs)
                 for future in [f for f in running if f.done()]:
                     running.pop(future)
             self._drain(running)
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
             for sig, handler in previous:
                 signal.signal(sig, handler)
+        if failure is not None:
+            raise failure
         return self.stats
+
+    def _start_handler(self, job: Job) -> Future[None]:
+        """Run the handler for ``job`` on a daemon thread of its own (at most
+        ``concurrency`` run at once). Not a thread pool: a pool's threads are joined at
+        interpreter exit, so a handler still running after the drain released its job
+        would keep the process alive long past its grace."""
+        future: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                self._handle(job)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+        threading.Thread(target=run, name=f"obque-handler-{job.id}", daemon=True).start()
+        return future
 
     def _drain(self, running: dict[Future[None], Job]) -> None:
         if running:

@@ -63,6 +63,7 @@ from obque.core import (
     Redrive,
     Result,
 )
+from obque.core.limits import NAME_PATTERN
 
 __all__ = ["create_app"]
 
@@ -84,21 +85,29 @@ _ERRORS = {
 }
 
 
-def _doc(body: type | None, answer: type, status: int = 200) -> dict[str, Any]:
+def _doc(
+    body: type | None,
+    answer: type,
+    statuses: tuple[int, ...] = (200,),
+    *,
+    body_optional: bool = False,
+) -> dict[str, Any]:
     """OpenAPI for a route whose bodies msgspec handles (FastAPI never sees them)."""
+    answer_ref = {"$ref": f"#/components/schemas/{answer.__name__}"}
     responses: dict[str, Any] = {
-        str(status): {
-            "description": "OK",
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{answer.__name__}"}}
-            },
+        **{
+            str(status): {
+                "description": "Created" if status == 201 else "OK",
+                "content": {"application/json": {"schema": answer_ref}},
+            }
+            for status in statuses
         },
         **_ERRORS,
     }
     extra: dict[str, Any] = {"responses": responses}
     if body is not None:
         extra["requestBody"] = {
-            "required": True,
+            "required": not body_optional,
             "content": {
                 "application/json": {"schema": {"$ref": f"#/components/schemas/{body.__name__}"}}
             },
@@ -209,7 +218,7 @@ def create_app(
 
     # -- queues --------------------------------------------------------------------------
 
-    @app.put("/v1/queues/{name}", **_doc(ConfigIn, views.QueueOut))
+    @app.put("/v1/queues/{name}", **_doc(ConfigIn, views.QueueOut, (200, 201), body_optional=True))
     async def put_queue(name: str, request: Request) -> Response:
         config: ConfigIn = await _decode_optional(request, ConfigIn) or ConfigIn()
         created, state = await queues.create(name, config.changes())
@@ -282,14 +291,14 @@ def create_app(
         current = await asyncio.to_thread(engine.read_state)
         return _json(views.jobs_out(current, state, limit, int(time.time() * 1000)))
 
-    @app.post("/v1/queues/{name}/dead/redrive", **_doc(IdsIn, views.RedriveOut))
+    @app.post("/v1/queues/{name}/dead/redrive", **_doc(IdsIn, views.RedriveOut, body_optional=True))
     async def redrive(name: str, request: Request) -> Response:
         engine = await queues.get(name)
         ids = await _optional_ids(request)
         result = await engine.arun(Redrive(ids))
         return _json(views.RedriveOut(views.count(result)))
 
-    @app.post("/v1/queues/{name}/dead/purge", **_doc(IdsIn, views.PurgeOut))
+    @app.post("/v1/queues/{name}/dead/purge", **_doc(IdsIn, views.PurgeOut, body_optional=True))
     async def purge(name: str, request: Request) -> Response:
         engine = await queues.get(name)
         ids = await _optional_ids(request)
@@ -342,7 +351,24 @@ def _publish_schemas(app: FastAPI) -> None:
                 REQUEST_TYPES + RESPONSE_TYPES, ref_template="#/components/schemas/{name}"
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            _document_queue_names(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_queue_names(schema: dict[str, Any]) -> None:
+    """Publish the queue-name limit on every ``{name}`` and drop FastAPI's 422 answer.
+
+    The handlers check names themselves (``check_queue_name``, a 400 naming the rule), so
+    FastAPI never validates the parameter and never answers 422; the document says so.
+    """
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            operation.get("responses", {}).pop("422", None)
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and parameter.get("name") == "name":
+                    parameter["schema"].update(
+                        pattern=f"^{NAME_PATTERN.pattern}$", minLength=1, maxLength=63
+                    )

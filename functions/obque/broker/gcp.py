@@ -1,6 +1,6 @@
 """Google Cloud Functions (2nd gen) / Cloud Run entry point: ``obque.broker.gcp.handler``.
 
-functions-framework 3.10+ serves it natively as ASGI (``--asgi --target handler``).
+functions-framework 3.10+ serves it as ASGI (``--asgi --target handler``).
 An instance handles many requests at once (concurrency > 1), so they share the in-process
 group-commit engine; GCS allows about one write per second per object, which the
 ``gs://`` store advertises and the engine's pacing respects (``min_write_interval``).
@@ -13,22 +13,37 @@ meet as ordinary compare-and-set conflicts, retried on a fresh read.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp
 
 from obque.broker.app import create_app
 from obque.broker.settings import BrokerSettings
 
-__all__ = ["build_app"]  # and `handler`, built on first use
+__all__ = ["build_app", "handler"]
 
 
 def build_app(settings: BrokerSettings | None = None) -> Any:
     return create_app(settings or BrokerSettings.from_env(mode="serverless"))
 
 
-def __getattr__(name: str) -> Any:
-    # Built when functions-framework first loads the target, not at import.
-    if name == "handler":
-        value = build_app()
-        globals()["handler"] = value
-        return value
-    raise AttributeError(name)
+@functools.cache
+def _app() -> ASGIApp:
+    # Built on the first request, in the serving process: not at import (tools import
+    # this module without OBQUE_ROOT) and not in functions-framework's parent process,
+    # whose threads would not survive gunicorn's fork.
+    app: ASGIApp = build_app()
+    return app
+
+
+async def handler(request: Request) -> ASGIApp:
+    """The functions-framework target.
+
+    functions-framework accepts only a plain function as its target (not an ASGI app
+    object) and sends whatever ASGI response the function returns with the request's
+    own scope and receive channel. The app is such a callable, so each request reaches
+    it whole: method, path, query, headers and the still unread body.
+    """
+    return _app()

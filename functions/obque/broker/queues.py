@@ -74,6 +74,9 @@ class QueueRegistry:
         check_queue_name(name)
         configure = Configure.of(config)  # validate before touching the store
         engine = self._engines.get(name)
+        if engine is not None and await asyncio.to_thread(engine.store.read) is None:
+            self._forget(name, engine)  # its file was deleted: start afresh
+            engine = None
         if engine is None:
             created, state = await asyncio.to_thread(
                 create_queue, self.root.queue(name), name, config, update=False
@@ -86,6 +89,12 @@ class QueueRegistry:
         if configure.changes:
             await engine.arun(configure)
         return False, await asyncio.to_thread(engine.read_state)
+
+    def _forget(self, name: str, engine: Engine) -> None:
+        with self._lock:
+            if self._engines.get(name) is engine:
+                del self._engines[name]
+        engine.close()
 
     async def names(self) -> list[str]:
         return sorted(await asyncio.to_thread(self.root.queue_names))

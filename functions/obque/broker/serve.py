@@ -10,7 +10,7 @@ from obque.broker.app import create_app
 from obque.broker.settings import BrokerSettings
 from obque.core import InvalidRequest, MissingDependency
 
-__all__ = ["default_advertise", "is_loopback", "serve"]
+__all__ = ["check_bind", "default_advertise", "is_loopback", "serve"]
 
 
 def is_loopback(host: str) -> bool:
@@ -30,6 +30,15 @@ def default_advertise(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
+def check_bind(settings: BrokerSettings, host: str, *, insecure: bool = False) -> None:
+    """Refuse to listen beyond loopback without a token, unless told ``insecure``."""
+    if not is_loopback(host) and not settings.token and not insecure:
+        raise InvalidRequest(
+            f"refusing to listen on {host} without a token: anyone who can reach it could "
+            "push, claim and purge jobs. Set --token (or OBQUE_TOKEN), or pass --insecure."
+        )
+
+
 def serve(
     settings: BrokerSettings,
     host: str = "127.0.0.1",
@@ -40,11 +49,7 @@ def serve(
     access_log: bool = False,
 ) -> None:
     """Serve until SIGINT/SIGTERM; shutdown commits what is in flight before exiting."""
-    if not is_loopback(host) and not settings.token and not insecure:
-        raise InvalidRequest(
-            f"refusing to listen on {host} without a token: anyone who can reach it could "
-            "push, claim and purge jobs. Set --token (or OBQUE_TOKEN), or pass --insecure."
-        )
+    check_bind(settings, host, insecure=insecure)
     try:
         import uvicorn
     except ImportError as exc:

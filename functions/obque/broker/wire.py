@@ -117,14 +117,17 @@ class IdsIn(_In):
 
 
 class ConfigIn(_In):
-    lease_seconds: int | None = None
-    max_attempts: int | None = None
-    retry_delay_seconds: float | None = None
-    retry_delay_max_seconds: float | None = None
-    dead_retention: int | None = None
-    max_payload_bytes: int | None = None
-    dedup_seconds: int | None = None
-    max_jobs: int | None = None
+    # The ranges ``Configure`` enforces, published in the schema and checked on decode.
+    lease_seconds: (
+        Annotated[int, _M(ge=limits.MIN_LEASE_SECONDS, le=limits.MAX_LEASE_SECONDS)] | None
+    ) = None
+    max_attempts: Attempts | None = None
+    retry_delay_seconds: DelaySeconds | None = None
+    retry_delay_max_seconds: DelaySeconds | None = None
+    dead_retention: Annotated[int, _M(ge=0, le=limits.MAX_DEAD_RETENTION)] | None = None
+    max_payload_bytes: Annotated[int, _M(ge=1, le=limits.MAX_PAYLOAD_BYTES_LIMIT)] | None = None
+    dedup_seconds: Annotated[int, _M(ge=0, le=limits.MAX_DEDUP_SECONDS)] | None = None
+    max_jobs: Annotated[int, _M(ge=1, le=limits.MAX_JOBS_LIMIT)] | None = None
 
     def changes(self) -> dict[str, object]:
         return {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not None}

@@ -291,7 +291,8 @@ def configure_call(changes: Mapping[str, object]) -> Call[dict[str, Any]]:
         assert isinstance(result, ConfigResult)
         return msgspec.structs.asdict(result.config)
 
-    return Call("PUT", "", dict(changes), lambda d: dict(d["config"]), op, from_result)
+    # The validated values: ``lease_seconds=60.0`` is sent as the integer the broker expects.
+    return Call("PUT", "", dict(op.changes), lambda d: dict(d["config"]), op, from_result)
 
 
 # -- errors ------------------------------------------------------------------------------

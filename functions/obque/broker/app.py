@@ -18,6 +18,7 @@ import msgspec
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 
 from obque.broker import views
@@ -122,11 +123,16 @@ async def _read(request: Request) -> bytes:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds {MAX_BODY_BYTES}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client left mid-body (or sent a chunk the HTTP parser refused): nobody reads
+        # this answer, and it is the client's doing, not a server error with a traceback.
+        raise InvalidRequest("the client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 

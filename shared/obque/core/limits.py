@@ -44,6 +44,9 @@ MAX_ERROR_CHARS = 4096
 MAX_PAYLOAD_BYTES_LIMIT = 4 * 1024 * 1024
 #: Ceiling for a queue's ``max_jobs`` setting; every commit rewrites every job.
 MAX_JOBS_LIMIT = 1_000_000
+#: Ceilings for a queue's ``dead_retention`` and ``dedup_seconds`` settings.
+MAX_DEAD_RETENTION = 1_000_000
+MAX_DEDUP_SECONDS = 7 * 86_400
 #: Keys a client adds to make a retried push idempotent start with this character...
 RETRY_KEY_PREFIX = "~"
 #: ...and deduplicate for this long after their job leaves the queue (a retry comes

@@ -52,7 +52,7 @@ def encode_payload(payload: Any) -> msgspec.Raw:
     """A Python value as the raw JSON a job stores."""
     try:
         return msgspec.Raw(msgspec.json.encode(payload))
-    except (TypeError, OverflowError) as exc:
+    except (TypeError, OverflowError, ValueError) as exc:  # ValueError: an int of 4,301+ digits
         raise InvalidRequest(f"payload is not JSON-serialisable: {exc}") from exc
 
 
@@ -65,7 +65,7 @@ def _checked_raw(raw: msgspec.Raw) -> msgspec.Raw:
         # JSON passes (1e999 included); strings are not checked for UTF-8, so check it.
         msgspec.json.decode(raw, type=msgspec.Raw)
         bytes(raw).decode("utf-8")
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidRequest(f"payload is not valid JSON: {exc}") from None
     return raw
 
@@ -276,9 +276,9 @@ _CONFIG_RANGES: dict[str, tuple[type, float, float]] = {
     "max_attempts": (int, 1, limits.MAX_ATTEMPTS_LIMIT),
     "retry_delay_seconds": (float, 0, limits.MAX_DELAY_SECONDS),
     "retry_delay_max_seconds": (float, 0, limits.MAX_DELAY_SECONDS),
-    "dead_retention": (int, 0, 1_000_000),
+    "dead_retention": (int, 0, limits.MAX_DEAD_RETENTION),
     "max_payload_bytes": (int, 1, limits.MAX_PAYLOAD_BYTES_LIMIT),
-    "dedup_seconds": (int, 0, 7 * 86_400),
+    "dedup_seconds": (int, 0, limits.MAX_DEDUP_SECONDS),
     "max_jobs": (int, 1, limits.MAX_JOBS_LIMIT),
 }
 

@@ -47,11 +47,12 @@ from obque.core import (
     Op,
     QueueState,
     Result,
+    StoreError,
     StoreUnavailable,
 )
 from obque.core.model import NO_RESULT
 from obque.core.opcodec import decode_ops, decode_results, encode_ops
-from obque.store import Store
+from obque.store import Snapshot, Store
 
 __all__ = ["IntentEngine", "IntentSettings"]
 
@@ -190,7 +191,7 @@ class IntentEngine:
         ids = [n[len(PREFIX) : -len(".json")] for n in self.store.children(PREFIX)]
         stale = [i for i in ids if f"i:{i}" in state.applied]
         wanted = [i for i in ids if f"i:{i}" not in state.applied]
-        snaps = list(self._pool.map(lambda i: self.store.child(f"{PREFIX}{i}.json").read(), wanted))
+        snaps = list(self._pool.map(self._read_intent, wanted))
         pending: list[Intent] = []
         for intent_id, snap in zip(wanted, snaps, strict=True):
             if snap is None:
@@ -206,6 +207,16 @@ class IntentEngine:
                 continue
             pending.append(Intent(intent_id, tuple(ops)))  # type: ignore[arg-type]
         return pending, stale
+
+    def _read_intent(self, intent_id: str) -> Snapshot | None:
+        # An intent deleted between LIST and GET is gone. Where the role may list only a
+        # prefix, S3 answers that GET with 403 rather than 404: also gone, for our purpose.
+        try:
+            return self.store.child(f"{PREFIX}{intent_id}.json").read()
+        except StoreError as exc:
+            if isinstance(exc, StoreUnavailable):
+                raise
+            return None
 
     def _forget(self, ids: list[str]) -> None:
         """Delete intent objects (best effort: a leftover is skipped as applied later)."""

@@ -63,6 +63,7 @@ from obque.core import (
     QueueFull,
     Redrive,
     Result,
+    StoreUnavailable,
 )
 from obque.core.limits import NAME_PATTERN
 
@@ -186,7 +187,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scan = None
         if settings.mode == "process":
-            await asyncio.to_thread(queues.adopt_existing)
+            try:
+                await asyncio.to_thread(queues.adopt_existing)
+            except StoreUnavailable as exc:  # transient: the scan below tries again
+                logging.getLogger("obque.broker").warning("scanning the root failed: %s", exc)
             scan = asyncio.create_task(_adopt_new_queues(queues, settings.broker_timeout / 3))
         yield
         if scan is not None:

@@ -51,6 +51,9 @@ from obque.store import Store
 
 __all__ = ["EngineStats", "QueueEngine"]
 
+#: How often a long poll re-reads the file when other processes may write it.
+OTHERS_POLL_S = 0.5
+
 #: A commit never carries more operations than this; the rest wait for the next one.
 MAX_BATCH_OPS = 5000
 
@@ -215,12 +218,15 @@ class QueueEngine:
             self._waiters.append(waiter)
         state = self.committer.state
         due = _next_due_ms(state, self.committer.now_ms()) if state is not None else None
-        if due is not None:
-            delay = max(0.0, due / 1000 - self.clock()) + 0.002
-            if delay < timeout:
-                timer = threading.Timer(delay, self._wake_one, (waiter,))
-                timer.daemon = True
-                timer.start()
+        delay = None if due is None else max(0.0, due / 1000 - self.clock()) + 0.002
+        if not self.committer.trust_cache:
+            # Not the queue's only writer (an in-process client beside other processes):
+            # their pushes raise no signal here, so look at the file again every so often.
+            delay = min(delay, OTHERS_POLL_S) if delay is not None else OTHERS_POLL_S
+        if delay is not None and delay < timeout:
+            timer = threading.Timer(delay, self._wake_one, (waiter,))
+            timer.daemon = True
+            timer.start()
         return waiter
 
     def _drop_waiter(self, waiter: Future[None]) -> None:
@@ -309,7 +315,9 @@ class QueueEngine:
                     ops.append(beat)
             if not ops:
                 return
-            state, results = self.committer.commit(ops, check=None if lead is None else lead.check)
+            state, results = self.committer.commit(
+                ops, check=self.guard if lead is None else lead.check
+            )
         except NotLeader as exc:
             self._fail(batch, exc)
             return
@@ -340,14 +348,31 @@ class QueueEngine:
         def still_free(current: QueueState) -> None:
             if not lead.can_take(current, self.committer.now_ms()):
                 raise lead.not_leader(current)
+            if current.broker != state.broker:
+                # Another broker advertised since ``state`` was read (our cache was old):
+                # epoch + 1 of the old record would not be above theirs. Build anew.
+                raise _RecordMoved(current)
 
-        state, _ = self.committer.commit([lead.claim_op(state, now)], check=still_free)
+        while True:
+            try:
+                state, _ = self.committer.commit([lead.claim_op(state, now)], check=still_free)
+                break
+            except _RecordMoved as moved:
+                state = moved.state
         lead.fenced_by = None
         lead.committed(state)
 
     @staticmethod
     def _fail(batch: list[tuple[Op, Answer]], exc: BaseException) -> None:
         _answer(batch, [exc] * len(batch))
+
+
+class _RecordMoved(Exception):
+    """A takeover's commit found another broker record than the one it was built on."""
+
+    def __init__(self, state: QueueState) -> None:
+        super().__init__("the queue's broker record changed meanwhile")
+        self.state = state
 
 
 Outcome = Result | BaseException

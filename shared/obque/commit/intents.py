@@ -71,6 +71,11 @@ class IntentSettings:
     poll_s: float = 1.0
     #: Parallel GETs and DELETEs of intent objects.
     fanout: int = 16
+    #: How long an invocation lets the owner of the oldest intent fold before folding
+    #: itself (that owner may have timed out).
+    fold_patience_s: float = 0.3
+    #: Kept at the end of the budget for revoking an intent that was not applied.
+    last_read_s: float = 1.0
 
 
 class _IntentDoc(msgspec.Struct, frozen=True):
@@ -149,12 +154,16 @@ class IntentEngine:
     def _via_intent(self, op: Op) -> Result:
         now_ms = int(self.clock() * 1000)
         left = self._time_left()
+        # The intent expires before this invocation must answer, leaving time to revoke
+        # it (``_give_up``); a commit after ``expires_ms`` skips it too (see ``Intent``).
+        expires_ms = now_ms + int(max(left - self.settings.last_read_s, 0.1) * 1000)
         intent_id = f"{now_ms:013d}-{secrets.token_hex(6)}"
-        doc = _IntentDoc(now_ms + int(left * 1000), msgspec.Raw(encode_ops([op])))
+        doc = _IntentDoc(expires_ms, msgspec.Raw(encode_ops([op])))
         self.store.child(f"{PREFIX}{intent_id}.json").write(msgspec.json.encode(doc), None)
         self.intents_written += 1
-        mine = Intent(intent_id, (op,))  # type: ignore[arg-type]
+        mine = Intent(intent_id, (op,), expires_ms)  # type: ignore[arg-type]
         end = time.monotonic() + left
+        patience = time.monotonic() + self.settings.window_s + self.settings.fold_patience_s
         time.sleep(self.settings.window_s)
         pause = 0.01
         while time.monotonic() < end:
@@ -162,35 +171,71 @@ class IntentEngine:
             if (found := _applied(state, intent_id)) is not None:
                 self._forget([intent_id])
                 return found
-            pending, stale = self._pending(state)
-            if not any(i.id == intent_id for i in pending):
-                pending.append(mine)  # a listing may lag behind our own PUT
-            self._forget(stale)
-            try:
-                committed, results = self.committer.commit(pending, max_conflicts=1)
-            except Conflict:
-                time.sleep(pause)  # someone else folded: look for our result
-                pause = min(pause * 2, 0.2)
+            if int(self.clock() * 1000) > expires_ms:
+                break  # no commit can apply it any more
+            waiting, leftovers = self._listed(state)
+            if waiting and waiting[0] != intent_id and time.monotonic() < patience:
+                # The oldest intent's owner folds everyone's; the others only watch the
+                # file (a GET and a LIST each) instead of all reading every intent.
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
                 continue
-            self._count(sum(len(i.ops) for i in pending))
-            self._forget([i.id for i in pending])
-            for intent, result in zip(pending, results, strict=True):
-                if intent.id == intent_id:
-                    if isinstance(result, IntentResult) and result.fresh:
-                        return result.results[0]
-                    found = _applied(committed, intent_id)
-                    if found is not None:
-                        return found
+            if self._fold(state, waiting, leftovers, mine):
+                continue  # committed: the next read finds our result in ``applied``
+            time.sleep(pause)  # someone else folded first: look for our result
+            pause = min(pause * 2, 0.1)
+        return self._give_up(intent_id, left)
+
+    def _give_up(self, intent_id: str, waited: float) -> Result:
+        """Revoke the intent by recording it as applied with no operations. The queue
+        file's compare-and-set orders this against any fold that read the intent: if a
+        fold lands first, the revocation finds the intent applied and we answer its
+        result; if the revocation lands first, that fold's write loses and its re-read
+        skips the intent. Either way the caller's answer is the truth."""
+        try:
+            state, results = self.committer.commit([Intent(intent_id, ())], max_conflicts=5)
+        except (Conflict, StoreUnavailable):
+            raise StoreUnavailable(
+                f"{self.store.uri}: intent {intent_id} was not applied within {waited:.1f}s "
+                "and could not be revoked; its outcome is unknown (retry with a key)"
+            ) from None
+        revoked = results[0]
+        self._forget([intent_id])
+        if isinstance(revoked, IntentResult) and not revoked.fresh:
+            found = _applied(state, intent_id)
+            if found is not None:
+                return found  # a fold carried it after all
         raise StoreUnavailable(
-            f"{self.store.uri}: intent {intent_id} was not applied within {left:.1f}s"
+            f"{self.store.uri}: intent {intent_id} was not applied within {waited:.1f}s and "
+            "was revoked: the operation did not happen and can be retried"
         )
 
-    def _pending(self, state: QueueState) -> tuple[list[Intent], list[str]]:
-        """Unapplied, unexpired intents (oldest first), and the names of stale ones."""
+    def _listed(self, state: QueueState) -> tuple[list[str], list[str]]:
+        """Listed intent ids not yet applied (oldest first), and those already applied
+        (left behind by an owner that never came back for its answer)."""
+        ids = sorted(n[len(PREFIX) : -len(".json")] for n in self.store.children(PREFIX))
+        applied = [i for i in ids if f"i:{i}" in state.applied]
+        return [i for i in ids if f"i:{i}" not in state.applied], applied
+
+    def _fold(self, state: QueueState, ids: list[str], leftovers: list[str], mine: Intent) -> bool:
+        """Apply every pending intent in one commit; False when the CAS lost."""
+        pending, stale = self._pending(state, ids)
+        stale += leftovers
+        if not any(i.id == mine.id for i in pending):
+            pending.append(mine)  # a listing may lag behind our own PUT
+        self._forget(stale)
+        try:
+            self.committer.commit(pending, max_conflicts=1)
+        except Conflict:
+            return False
+        self._count(sum(len(i.ops) for i in pending))
+        self._forget([i.id for i in pending if i.id != mine.id])
+        return True
+
+    def _pending(self, state: QueueState, wanted: list[str]) -> tuple[list[Intent], list[str]]:
+        """The intents ``wanted`` that can still be applied, and the names of stale ones."""
         now_ms = int(self.clock() * 1000)
-        ids = [n[len(PREFIX) : -len(".json")] for n in self.store.children(PREFIX)]
-        stale = [i for i in ids if f"i:{i}" in state.applied]
-        wanted = [i for i in ids if f"i:{i}" not in state.applied]
+        stale: list[str] = []
         snaps = list(self._pool.map(self._read_intent, wanted))
         pending: list[Intent] = []
         for intent_id, snap in zip(wanted, snaps, strict=True):
@@ -205,7 +250,7 @@ class IntentEngine:
             if doc.expires_ms < now_ms:
                 stale.append(intent_id)
                 continue
-            pending.append(Intent(intent_id, tuple(ops)))  # type: ignore[arg-type]
+            pending.append(Intent(intent_id, tuple(ops), doc.expires_ms))  # type: ignore[arg-type]
         return pending, stale
 
     def _read_intent(self, intent_id: str) -> Snapshot | None:
@@ -260,4 +305,5 @@ def _applied(state: QueueState, intent_id: str) -> Result | None:
     entry = state.applied.get(f"i:{intent_id}")
     if entry is None or entry.result == NO_RESULT:
         return None
-    return decode_results(entry.result)[0]
+    results = decode_results(entry.result)
+    return results[0] if results else None  # [] marks an intent its caller revoked

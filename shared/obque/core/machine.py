@@ -167,6 +167,8 @@ class _Commit:
         key = f"i:{op.id}"
         if key in self.applied:
             return IntentResult((), fresh=False)
+        if op.expires_ms is not None and self.now > op.expires_ms:
+            return IntentResult((), fresh=False)  # too late: its caller has given up
         results = tuple(self.run(inner) for inner in op.ops)
         self.changed = True
         self.applied[key] = Applied(at_ms=self.now, result=Raw(encode_results(results)))

@@ -326,10 +326,13 @@ class Intent:
     """Operations an invocation left as an intent object (SPEC §5), applied together.
 
     Applying an intent records its results in ``applied`` under ``i:ID``; an intent
-    already recorded there is skipped, so folding one twice changes nothing."""
+    already recorded there is skipped, so folding one twice changes nothing. A commit
+    later than ``expires_ms`` skips it too: its caller has given up waiting, so its
+    operations must never take effect."""
 
     id: str
     ops: tuple[Push | Claim | Heartbeat | Ack | Nack | Redrive | Purge | Configure, ...]
+    expires_ms: int | None = None
 
 
 Op = Push | Claim | Heartbeat | Ack | Nack | Redrive | Purge | Configure | Advertise | Intent

@@ -25,6 +25,7 @@ from obque.core import (
     ClaimResult,
     Configure,
     Heartbeat,
+    InvalidRequest,
     LeaseRef,
     Nack,
     NackItem,
@@ -158,7 +159,6 @@ RAW_PAYLOADS = [
     b'{ "spaced" :  [1,  2 ,3] ,"k":"v" }',
     b"123456789012345678901234567890123456789",
     b"-0.0",
-    b"1.5e+400",
     b"0.1000000000000000055511151231257827",
     '"café 😀 日本語"'.encode(),
     b'"caf\\u00e9 \\ud83d\\ude00 \\"quoted\\" \\n"',
@@ -183,6 +183,12 @@ def test_payloads_stay_byte_exact_raw_json() -> None:
     _, [claimed] = commit(decoded, Claim.of("w", len(RAW_PAYLOADS)))
     assert isinstance(claimed, ClaimResult)
     assert [bytes(job.payload) for job in claimed.jobs] == RAW_PAYLOADS
+
+
+@pytest.mark.parametrize("payload", [b"1.5e+400", b"[-1e999]", b"9" * 4301])
+def test_payloads_no_client_could_decode_are_refused(payload: bytes) -> None:
+    with pytest.raises(InvalidRequest, match=r"numbers must fit a double"):
+        NewJob.of(msgspec.Raw(payload))
 
 
 def test_payloads_in_a_hand_written_file_stay_byte_exact() -> None:

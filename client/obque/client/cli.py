@@ -52,6 +52,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         advertise=args.advertise or default_advertise(args.host, args.port),
         broker_timeout=args.broker_timeout,
         take_serverless=args.take_serverless or None,
+        bind_host=args.host,
     )
     check_bind(settings, args.host, insecure=args.insecure)
     print(

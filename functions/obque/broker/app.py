@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 
 from obque.broker import views
-from obque.broker.auth import BearerAuth
+from obque.broker.auth import BearerAuth, CrossSiteGuard
 from obque.broker.dashboard import DASHBOARD_HTML
 from obque.broker.errors import (
     error_response,
@@ -208,6 +208,8 @@ def create_app(
     app.state.settings = settings
     if settings.token:
         app.add_middleware(BearerAuth, token=settings.token)
+    elif settings.mode == "process":
+        app.add_middleware(CrossSiteGuard, hosts=_own_hosts(settings))
 
     @app.exception_handler(ObqueError)
     async def on_obque_error(request: Request, exc: ObqueError) -> Response:
@@ -332,6 +334,22 @@ def create_app(
 
     _publish_schemas(app)
     return app
+
+
+def _own_hosts(settings: BrokerSettings) -> frozenset[str] | None:
+    """The names a token-less broker answers to: loopback, and its advertised host --
+    unless it was started on a public address (``--insecure``), where any name may reach it."""
+    from urllib.parse import urlsplit
+
+    advertised = urlsplit(settings.advertise or "").hostname
+    if settings.bind_host is None or settings.bind_host in ("0.0.0.0", "::", ""):
+        return None  # embedded (tests, demos) or public: any name may reach it
+    names = {"localhost", "127.0.0.1", "::1"}
+    if advertised:
+        names.add(advertised.lower())
+    if settings.bind_host:
+        names.add(settings.bind_host.strip("[]").lower())
+    return frozenset(names)
 
 
 async def _adopt_new_queues(queues: QueueRegistry, every_s: float) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from obque.broker.queues import QueueRegistry
+from obque.store import Store
+from obque.store.shaping import FaultBackend
 
 __all__ = ["render_metrics"]
 
@@ -15,11 +17,25 @@ _HELP = {
     "obque_largest_batch": ("gauge", "Most operations this broker put in one commit."),
     "obque_store_requests_total": ("counter", "Store requests by kind."),
     "obque_leader": ("gauge", "1 while this broker leads the queue."),
+    "obque_store_faults_injected_total": (
+        "counter",
+        "Faults injected by a ?faults= store (tests, demos), by kind; shared by a root.",
+    ),
 }
 
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _injected_faults(store: Store) -> dict[str, int]:
+    """The counters of the store's fault-injecting wrapper, if it has one."""
+    backend: object = store.backend
+    while backend is not None:
+        if isinstance(backend, FaultBackend):
+            return dict(backend.injected)
+        backend = getattr(backend, "inner", None)
+    return {}
 
 
 def render_metrics(queues: QueueRegistry, now_s: float) -> str:
@@ -51,6 +67,10 @@ def render_metrics(queues: QueueRegistry, now_s: float) -> str:
                 rows["obque_store_requests_total"].append(
                     f'obque_store_requests_total{{{q},kind="{kind}"}} {n}'
                 )
+        for kind, n in _injected_faults(engine.store).items():
+            rows["obque_store_faults_injected_total"].append(
+                f'obque_store_faults_injected_total{{{q},kind="{kind}"}} {n}'
+            )
     lines: list[str] = []
     for metric, (kind, text) in _HELP.items():
         if rows[metric]:

@@ -23,6 +23,8 @@ class BrokerSettings:
     broker_timeout: float = 10.0
     #: Take over queues whose record names a serverless deployment.
     take_serverless: bool = False
+    #: The address a long-running broker listens on (for its Host check without a token).
+    bind_host: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> BrokerSettings:

@@ -115,6 +115,11 @@ class Committer:
         self._state, self._token = state, snap.token
         return state
 
+    @property
+    def last_write_started(self) -> float:
+        """``time.monotonic()`` when the last write began (0 before any)."""
+        return self._last_write
+
     def _pace(self) -> None:
         interval = self.store.min_write_interval
         if interval:
@@ -176,10 +181,10 @@ class Committer:
                     continue
                 sent = (encode_state(new_state), new_state, results)
                 self._pace()
-                try:
-                    token = self.store.write(sent[0], self._token)
-                finally:
-                    self._last_write = time.monotonic()
+                # The interval runs from the start of one write to the start of the next
+                # (GCS limits how often writes begin); a rare early one is retried.
+                self._last_write = time.monotonic()
+                token = self.store.write(sent[0], self._token)
                 self._state, self._token = new_state, token
                 self.stats.commits += 1
                 self.stats.ops += len(ops)

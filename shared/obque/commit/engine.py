@@ -283,7 +283,8 @@ class QueueEngine:
             ended = time.monotonic()
             self._gather_until = ended + GATHER_FRACTION * (ended - started)
             if interval and self.committer.stats.commits != writes:
-                self._write_due = ended + interval  # as Committer._pace counts it
+                # As Committer._pace counts it: from the start of the last write.
+                self._write_due = self.committer.last_write_started + interval
 
     def _hold(self) -> None:
         """With the lock held and operations pending: wait while starting the next

@@ -136,12 +136,25 @@ class IntentEngine:
                 # Direct: one retry absorbs a stale cached state; a second loss means
                 # other invocations are writing now, so join them through intents.
                 try:
-                    _, results = self.committer.commit([op], max_conflicts=2)
-                    self._count(1)
-                    return results[0]
+                    return self._direct(op)
                 except Conflict:
                     self._contended_until = time.monotonic() + self.settings.contention_memory_s
             return self._via_intent(op)
+
+    def _direct(self, op: Op) -> Result:
+        """Commit ``op`` straight to the file -- carrying any pending intents with it.
+
+        Without that, an environment that keeps winning its compare-and-sets would starve
+        everyone who switched to intents: their folds would keep losing to its writes.
+        The price is one LIST per direct operation."""
+        state = self.committer.state or self.committer.refresh()
+        waiting, leftovers = self._listed(state)
+        pending, stale = self._pending(state, waiting) if waiting else ([], [])
+        ops: list[Op] = [*pending, op]
+        _, results = self.committer.commit(ops, max_conflicts=2)
+        self._count(len(ops))
+        self._forget([i.id for i in pending] + stale + leftovers)
+        return results[-1]
 
     async def arun(self, op: Op) -> Result:
         return await asyncio.to_thread(self.run, op)

@@ -247,6 +247,10 @@ class QueueEngine:
             now = self.committer.now_ms()
             if not any(j.claim is None and j.ready_ms <= now for j in state.jobs.values()):
                 return
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        with self._cond:
             waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             self._wake_one(waiter)
@@ -321,6 +325,10 @@ class QueueEngine:
             )
         except NotLeader as exc:
             self._fail(batch, exc)
+            if lead is not None and lead.fenced_by is not None:
+                # Long polls parked here can never be served: woken, their next claim
+                # meets not_leader at once and their callers go to the new broker.
+                self._wake_all()
             return
         except ObqueError as exc:
             self._fail(batch, exc)

@@ -10,13 +10,12 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from obque.client import calls
-from obque.client.auth import Auth, auth_for
+from obque.client.base import ClientBase, max_lease, now_ms
 from obque.client.calls import Call, PushItem
 from obque.client.jobs import AsyncJob, JobBase, Leases
 from obque.client.local import arun_local
-from obque.client.resolve import HttpEndpoint, LocalEndpoint, Target
-from obque.client.retry import Attempts, BrokerUnreachable, RetryPolicy
-from obque.client.sync import max_lease
+from obque.client.resolve import HttpEndpoint, LocalEndpoint
+from obque.client.retry import Attempts, BrokerUnreachable
 from obque.client.wire import build_request, read_answer, read_timeout
 from obque.core import NackItem, ObqueError
 
@@ -25,32 +24,13 @@ __all__ = ["AsyncClient"]
 T = TypeVar("T")
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """``Client`` for event loops; resolution reads of the queue file run in a thread."""
 
-    def __init__(
-        self,
-        target: str,
-        queue: str | None = None,
-        *,
-        token: str | None = None,
-        direct: bool = False,
-        retry: RetryPolicy | None = None,
-        connect_timeout: float = 5.0,
-    ) -> None:
-        self._target = Target(target, queue, direct=direct)
-        self._token = token
-        self._auth: tuple[str, Auth] | None = None
-        self._retry = retry or RetryPolicy()
-        self._connect_timeout = connect_timeout
-        self._http: Any = None
+    def _setup(self) -> None:
         self._leases = Leases()
         self._beats: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
-
-    @property
-    def queue(self) -> str:
-        return self._target.queue
 
     async def _execute(self, call: Call[T]) -> T:
         attempts = Attempts(self._retry)
@@ -62,11 +42,6 @@ class AsyncClient:
                 return await self._send(endpoint, call)
             except ObqueError as exc:
                 await asyncio.sleep(attempts.failed(exc))
-
-    def _auth_for(self, url: str) -> Auth:
-        if self._auth is None or self._auth[0] != url:
-            self._auth = (url, auth_for(url, self._token))
-        return self._auth[1]
 
     async def _send(self, endpoint: HttpEndpoint, call: Call[T]) -> T:
         import httpx
@@ -171,10 +146,10 @@ class AsyncClient:
                         await self._extend(due, lease_seconds)
 
     async def stats(self) -> dict[str, Any]:
-        return await self._execute(calls.stats_call(_now_ms))
+        return await self._execute(calls.stats_call(now_ms))
 
     async def list_jobs(self, state: str = "ready", limit: int = 100) -> list[dict[str, Any]]:
-        return await self._execute(calls.jobs_call(state, limit, _now_ms))
+        return await self._execute(calls.jobs_call(state, limit, now_ms))
 
     async def dead(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self.list_jobs("dead", limit)
@@ -203,7 +178,3 @@ class AsyncClient:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

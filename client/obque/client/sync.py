@@ -10,12 +10,12 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from obque.client import calls
-from obque.client.auth import Auth, auth_for
+from obque.client.base import ClientBase, max_lease, now_ms
 from obque.client.calls import Call, PushItem
 from obque.client.jobs import Job, JobBase, Leases
 from obque.client.local import run_local
-from obque.client.resolve import HttpEndpoint, LocalEndpoint, Target
-from obque.client.retry import Attempts, BrokerUnreachable, RetryPolicy
+from obque.client.resolve import HttpEndpoint, LocalEndpoint
+from obque.client.retry import Attempts, BrokerUnreachable
 from obque.client.wire import build_request, read_answer, read_timeout
 from obque.core import NackItem, ObqueError
 
@@ -24,7 +24,7 @@ __all__ = ["Client"]
 T = TypeVar("T")
 
 
-class Client:
+class Client(ClientBase):
     """A queue, by its file (``s3://b/queue.json``, ``gs://…``, ``file://…``) or its
     broker URL (``https://…``, with ``queue`` naming the queue).
 
@@ -35,30 +35,11 @@ class Client:
                 handle(job.payload)
     """
 
-    def __init__(
-        self,
-        target: str,
-        queue: str | None = None,
-        *,
-        token: str | None = None,
-        direct: bool = False,
-        retry: RetryPolicy | None = None,
-        connect_timeout: float = 5.0,
-    ) -> None:
-        self._target = Target(target, queue, direct=direct)
-        self._token = token
-        self._auth: tuple[str, Auth] | None = None
-        self._retry = retry or RetryPolicy()
-        self._connect_timeout = connect_timeout
-        self._http: Any = None
+    def _setup(self) -> None:
         self._http_lock = threading.Lock()
         self._leases = Leases()
         self._beats: threading.Thread | None = None
         self._closed = threading.Event()
-
-    @property
-    def queue(self) -> str:
-        return self._target.queue
 
     # -- executing calls --------------------------------------------------------------
 
@@ -72,11 +53,6 @@ class Client:
                 return self._send(endpoint, call)
             except ObqueError as exc:
                 time.sleep(attempts.failed(exc))
-
-    def _auth_for(self, url: str) -> Auth:
-        if self._auth is None or self._auth[0] != url:
-            self._auth = (url, auth_for(url, self._token))
-        return self._auth[1]
 
     def _send(self, endpoint: HttpEndpoint, call: Call[T]) -> T:
         import httpx
@@ -193,10 +169,10 @@ class Client:
     # -- inspecting and administering ---------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        return self._execute(calls.stats_call(_now_ms))
+        return self._execute(calls.stats_call(now_ms))
 
     def list_jobs(self, state: str = "ready", limit: int = 100) -> list[dict[str, Any]]:
-        return self._execute(calls.jobs_call(state, limit, _now_ms))
+        return self._execute(calls.jobs_call(state, limit, now_ms))
 
     def dead(self, limit: int = 100) -> list[dict[str, Any]]:
         return self.list_jobs("dead", limit)
@@ -225,12 +201,3 @@ class Client:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def max_lease(expires_ms: int, now_s: float) -> float:
-    """The lease length a claim granted, estimated from its expiry."""
-    return max(1.0, expires_ms / 1000 - now_s)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -119,11 +119,7 @@ def retry_key() -> str:
 
 def _op_error(result: Result) -> None:
     if isinstance(result, OpError):
-        kind: type[ObqueError] = {
-            "queue_full": QueueFull,
-            "payload_too_large": PayloadTooLarge,
-        }.get(result.code, InvalidRequest)
-        raise kind(result.message)
+        raise result.exception()
 
 
 # -- push --------------------------------------------------------------------------------

@@ -60,7 +60,6 @@ from obque.core import (
     PayloadTooLarge,
     Purge,
     Push,
-    QueueFull,
     Redrive,
     Result,
     StoreUnavailable,
@@ -170,11 +169,7 @@ def _json(value: Any, status: int = 200) -> Response:
 
 def _raise_op_error(result: Result) -> None:
     if isinstance(result, OpError):
-        if result.code == "queue_full":
-            raise QueueFull(result.message)
-        if result.code == "payload_too_large":
-            raise PayloadTooLarge(result.message)
-        raise InvalidRequest(result.message)
+        raise result.exception()
 
 
 def create_app(

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from obque.commit.cas import Committer
 from obque.commit.leader import Leadership
@@ -71,7 +71,6 @@ class EngineStats:
     commits: int = 0
     ops: int = 0
     largest_batch: int = 0
-    batch_sizes: list[int] = field(default_factory=list, repr=False)
 
 
 class QueueEngine:
@@ -109,7 +108,7 @@ class QueueEngine:
         self._waiters: list[Future[None]] = []
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._error: ObqueError | None = None
+        self._due_cache: tuple[QueueState | None, int | None] = (None, None)
 
     # -- public surface ------------------------------------------------------------------
 
@@ -216,8 +215,7 @@ class QueueEngine:
         waiter: Future[None] = Future()
         with self._cond:
             self._waiters.append(waiter)
-        state = self.committer.state
-        due = _next_due_ms(state, self.committer.now_ms()) if state is not None else None
+        due = self._due_ms()
         delay = None if due is None else max(0.0, due / 1000 - self.clock()) + 0.002
         if not self.committer.trust_cache:
             # Not the queue's only writer (an in-process client beside other processes):
@@ -228,6 +226,21 @@ class QueueEngine:
             timer.daemon = True
             timer.start()
         return waiter
+
+    def _due_ms(self) -> int | None:
+        """``_next_due_ms`` of the current state, scanned once per state rather than once
+        per waiting claim (128 long polls on 100k jobs would scan 12.8M jobs a commit).
+        A cached due time still in the future is also the earliest one after now."""
+        state = self.committer.state
+        if state is None:
+            return None
+        now = self.committer.now_ms()
+        cached_state, cached_due = self._due_cache
+        if cached_state is state and cached_due is not None and cached_due > now:
+            return cached_due
+        due = _next_due_ms(state, now)
+        self._due_cache = (state, due)
+        return due
 
     def _drop_waiter(self, waiter: Future[None]) -> None:
         with self._cond:

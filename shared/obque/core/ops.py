@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from obque.core import limits
-from obque.core.errors import InvalidRequest
+from obque.core.errors import InvalidRequest, ObqueError, PayloadTooLarge, QueueFull
 from obque.core.model import BrokerRecord, QueueConfig
 
 __all__ = [
@@ -399,6 +399,14 @@ class OpError:
 
     code: str
     message: str
+
+    def exception(self) -> ObqueError:
+        """The error a caller of this one operation meets."""
+        kind: type[ObqueError] = {
+            "queue_full": QueueFull,
+            "payload_too_large": PayloadTooLarge,
+        }.get(self.code, InvalidRequest)
+        return kind(self.message)
 
 
 Result = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -172,11 +173,23 @@ def _raise_op_error(result: Result) -> None:
         raise result.exception()
 
 
+# FastAPI builds each route's pydantic adapters inside ``warnings.catch_warnings()``, which
+# swaps the process-wide warning filters and is not thread-safe: two apps built at once in
+# one process can restore each other's filters mid-build (under ``-W error`` that raises).
+# One process builds one app in production, so serialising the build costs nothing.
+_BUILD_LOCK = threading.Lock()
+
+
 def create_app(
     settings: BrokerSettings | None = None, *, registry: QueueRegistry | None = None
 ) -> FastAPI:
     settings = settings or BrokerSettings.from_env()
     queues = registry or QueueRegistry(settings)
+    with _BUILD_LOCK:
+        return _build_app(settings, queues)
+
+
+def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -21,6 +21,7 @@ Run from the repository root: ``.venv/bin/python -m bench.commit_cost`` (about a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import itertools
 import json
@@ -81,15 +82,23 @@ def payload(n: int, size: int) -> msgspec.Raw:
     return msgspec.Raw(head + b',"pad":"' + b"x" * pad + b'"}')
 
 
-def new_job(n: int, size: int) -> NewJob:
-    return NewJob.of(payload(n, size), key=f"upload-{n}" if n % KEYED_EVERY == 0 else None)
+def new_job(n: int, size: int, spilled: bool = False) -> NewJob:
+    """A job of ``payload(n, size)``; ``spilled``: as the engine pushes it when the payload
+    is above ``spill_payload_bytes`` (the file names an object instead)."""
+    job = NewJob.of(payload(n, size), key=f"upload-{n}" if n % KEYED_EVERY == 0 else None)
+    if not spilled:
+        return job
+    name = f"payloads/{T0_MS:013d}-{n:016x}.json"
+    return dataclasses.replace(
+        job, payload=msgspec.Raw(b"null"), spilled=name, spilled_bytes=len(job.payload)
+    )
 
 
-def build_file(depth: int, size: int, claimed: int) -> bytes:
+def build_file(depth: int, size: int, claimed: int, spilled: bool = False) -> bytes:
     """A queue file of ``depth`` jobs, the oldest ``claimed`` of them held by workers."""
     state = QueueState.new("bench", QueueConfig(max_jobs=MAX_JOBS_LIMIT))
     pushes: list[Op] = [
-        Push.of(new_job(n, size) for n in range(start, min(start + MAX_PUSH_BATCH, depth)))
+        Push.of(new_job(n, size, spilled) for n in range(start, min(start + MAX_PUSH_BATCH, depth)))
         for start in range(0, depth, MAX_PUSH_BATCH)
     ]
     state, _ = apply(state, pushes, T0_MS, BUILD_NONCE)
@@ -101,7 +110,7 @@ def build_file(depth: int, size: int, claimed: int) -> bytes:
     return encode_state(state)
 
 
-def commit_batch(state: QueueState, size: int, batch: int) -> list[Op]:
+def commit_batch(state: QueueState, size: int, batch: int, spilled: bool = False) -> list[Op]:
     """``batch`` single-job operations in ``MIX`` order; acks name leases held in ``state``."""
     held = (
         LeaseRef(job.id, job.claim.lease) for job in state.jobs.values() if job.claim is not None
@@ -111,7 +120,7 @@ def commit_batch(state: QueueState, size: int, batch: int) -> list[Op]:
     for i in range(batch):
         kind = MIX[i % len(MIX)]
         if kind == "P":
-            ops.append(Push.of([new_job(fresh + i, size)]))
+            ops.append(Push.of([new_job(fresh + i, size, spilled)]))
         elif kind == "C":
             ops.append(Claim.of(f"worker-{i}", 1))
         else:
@@ -173,6 +182,7 @@ def measure(fn: Callable[[], object], budget_s: float = 1.5, lo: int = 5, hi: in
 class Case:
     depth: int
     payload_bytes: int  # 0: the small payload {"video": "a.mp4", "n": i}
+    spilled: bool  # payloads live in their own objects; the file names them
     claimed: int
     file_mb: float
     decode: Timing
@@ -227,9 +237,9 @@ def measure_dumps(data: bytes, lo: int) -> Timing:
     return measure(lambda: orjson.dumps(as_dicts), lo=lo)
 
 
-def run_case(depth: int, size: int, batch: int = 1_000) -> Case:
+def run_case(depth: int, size: int, batch: int = 1_000, spilled: bool = False) -> Case:
     claimed = max(int(depth * CLAIMED_FRACTION), acks_in(batch))
-    data = build_file(depth, size, claimed)
+    data = build_file(depth, size, claimed, spilled)
     lo = 7 if size > 4096 else 5  # few, slow, noisy samples: take a few more
 
     # The codecs first, while only the file is alive, so msgspec and orjson allocate into
@@ -242,7 +252,7 @@ def run_case(depth: int, size: int, batch: int = 1_000) -> Case:
     orjson_dumps = measure_dumps(data, lo)
 
     state = decode_state(data, WHERE)
-    ops = commit_batch(state, size, batch)
+    ops = commit_batch(state, size, batch, spilled)
     check_commit(state, ops)
     after, _ = apply(state, ops, COMMIT_AT_MS, COMMIT_NONCE)
     commit = commit_fn(state, ops)
@@ -254,6 +264,7 @@ def run_case(depth: int, size: int, batch: int = 1_000) -> Case:
     return Case(
         depth=depth,
         payload_bytes=size,
+        spilled=spilled,
         claimed=claimed,
         file_mb=len(data) / 1e6,
         decode=decode,
@@ -299,8 +310,9 @@ def fit(points: list[SweepPoint]) -> Fit:
 # -- report ------------------------------------------------------------------------------
 
 
-def payload_label(size: int) -> str:
-    return "small (~25 B)" if size <= 0 else f"{size // 1024} KiB"
+def payload_label(size: int, spilled: bool = False) -> str:
+    label = "small (~25 B)" if size <= 0 else f"{size // 1024} KiB"
+    return f"{label}, spilled" if spilled else label
 
 
 def verdict(value: float, target: float) -> str:
@@ -336,7 +348,7 @@ def markdown(info: dict[str, Any], cases: list[Case], sweeps: dict[int, list[Swe
             [
                 [
                     f"{c.depth:,}",
-                    payload_label(c.payload_bytes),
+                    payload_label(c.payload_bytes, c.spilled),
                     f"{c.claimed:,}",
                     f"{c.file_mb:,.1f}",
                     c.decode,
@@ -368,7 +380,7 @@ def markdown(info: dict[str, Any], cases: list[Case], sweeps: dict[int, list[Swe
             [
                 [
                     f"{c.depth:,}",
-                    payload_label(c.payload_bytes),
+                    payload_label(c.payload_bytes, c.spilled),
                     c.decode,
                     c.orjson_loads,
                     ratio(c.orjson_loads, c.decode),
@@ -465,6 +477,7 @@ def main(argv: list[str] | None = None) -> None:
     cases = [run_case(depth, 0) for depth in depths]
     if not args.quick:
         cases += [run_case(10_000, size) for size in (1024, 64 * 1024)]
+        cases.append(run_case(10_000, 64 * 1024, spilled=True))
     batches = [10, 100, 1_000, 5_000]
     sweeps = {depth: run_sweep(depth, batches) for depth in depths[1:]}
 

@@ -534,7 +534,10 @@ def test_payloads_are_stored_and_returned_verbatim(
     assert response.status_code == 200, response.text
     ids = response.json()["ids"]
     stored = (module_brokers.root_dir() / f"{queue}.json").read_bytes()
-    assert all(payload in stored for payload in VERBATIM)
+    # The 200 KB payload is above spill_payload_bytes: it lives in its own object, as is.
+    [spilled] = (module_brokers.root_dir() / f"{queue}.json.d" / "payloads").iterdir()
+    assert spilled.read_bytes() == VERBATIM[-1]
+    assert all(payload in stored for payload in VERBATIM[:-1])
     state = read_queue_file(module_brokers.root_dir(), queue)
     assert (state["name"], len(state["jobs"])) == (queue, len(VERBATIM))  # nothing forged
     assert all("claim" not in job for job in state["jobs"])

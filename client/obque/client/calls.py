@@ -47,7 +47,7 @@ from obque.core import (
     Unauthorized,
 )
 from obque.core.limits import RETRY_KEY_PREFIX
-from obque.core.summary import list_jobs, stats_summary
+from obque.core.summary import Fetch, list_jobs, stats_summary
 
 __all__ = [
     "Call",
@@ -81,7 +81,8 @@ class Call(Generic[T]):
     #: The engine operation, or None for reads answered from the queue state.
     op: Op | None = None
     from_result: Callable[[Result], T] | None = None
-    from_state: Callable[[QueueState], T] | None = None
+    #: Reads answered from the state; spilled payloads are read with the ``Fetch``.
+    from_state: Callable[[QueueState, Fetch], T] | None = None
     #: Long-poll time, so transports allow for it in their read timeout.
     wait_seconds: float = 0.0
     query: Mapping[str, str] = field(default_factory=dict)
@@ -237,7 +238,7 @@ def nack_call(items: Iterable[NackItem]) -> Call[list[ItemOutcome]]:
 
 
 def stats_call(now_ms: Callable[[], int]) -> Call[dict[str, Any]]:
-    def from_state(state: QueueState) -> dict[str, Any]:
+    def from_state(state: QueueState, fetch: Fetch) -> dict[str, Any]:
         return stats_summary(state, now_ms())
 
     return Call("GET", "/stats", None, dict, from_state=from_state)
@@ -247,8 +248,8 @@ def jobs_call(state: str, limit: int, now_ms: Callable[[], int]) -> Call[list[di
     if state not in ("ready", "delayed", "claimed", "dead"):
         raise InvalidRequest(f"state must be ready, delayed, claimed or dead, got {state!r}")
 
-    def from_state(current: QueueState) -> list[dict[str, Any]]:
-        jobs = list_jobs(current, state, limit, now_ms())
+    def from_state(current: QueueState, fetch: Fetch) -> list[dict[str, Any]]:
+        jobs = list_jobs(current, state, limit, now_ms(), fetch)
         return [{**job, "payload": msgspec.json.decode(job["payload"])} for job in jobs]
 
     return Call(

@@ -72,7 +72,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     # The name becomes a URL path segment and an object key: refuse one no broker serves.
     name = check_queue_name(store.key.rpartition("/")[2].removesuffix(".json"))
     config: dict[str, object] = {}
-    for field in ("lease_seconds", "max_attempts", "max_jobs"):
+    for field in ("lease_seconds", "max_attempts", "max_jobs", "spill_payload_bytes"):
         value = getattr(args, field)
         if value is not None:
             config[field] = value
@@ -129,12 +129,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             if job.claim
             else ("ready" if job.ready_ms <= now else f"in {(job.ready_ms - now) / 1000:.1f}s")
         )
-        payload = bytes(job.payload).decode()
+        payload = bytes(job.payload).decode() if job.spilled is None else f"<{job.spilled}>"
         if len(payload) > 60:
             payload = payload[:57] + "..."
         print(f"  {job.id:>8}  {where:<32} attempts={job.attempts}  {payload}")
     if len(state.jobs) > len(shown):
         print(f"  ... {len(state.jobs) - len(shown)} more")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from obque.commit.payloads import Payloads
+
+    uri = _queue_uri(args.target, args.queue, _root(args))
+    state = _load(uri)
+    payloads = Payloads(open_store(uri))
+    try:
+        swept = payloads.sweep(state, min_age_s=args.min_age_minutes * 60)
+    finally:
+        payloads.close()
+    print(f"deleted {swept} orphaned payload object(s) of {uri}")
     return 0
 
 
@@ -321,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (
         ("init", cmd_init, "create a queue file (or show that it exists)"),
         ("inspect", cmd_inspect, "show a queue file in human form"),
+        ("sweep", cmd_sweep, "delete spilled payloads no job names (pushes that never committed)"),
     ):
         p = command(name, func, text)
         p.add_argument("target", nargs="?", help="queue file URI (default: ROOT/QUEUE.json)")
@@ -330,6 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--lease-seconds", type=int)
             p.add_argument("--max-attempts", type=int)
             p.add_argument("--max-jobs", type=int)
+            p.add_argument(
+                "--spill-payload-bytes",
+                type=int,
+                help="store larger payloads as separate objects (default 16384)",
+            )
+        elif name == "sweep":
+            p.add_argument(
+                "--min-age-minutes",
+                type=float,
+                default=60.0,
+                help="only objects older than this (default 60; a push commits within seconds)",
+            )
         else:
             p.add_argument("--json", action="store_true", help="print the raw queue file")
             p.add_argument("--limit", type=int, default=20, help="jobs to list (default 20)")

@@ -27,7 +27,7 @@ def current_state(engine: QueueEngine) -> QueueState:
 def run_local(engine: QueueEngine, call: Call[T]) -> T:
     if call.op is None:
         assert call.from_state is not None
-        return call.from_state(current_state(engine))
+        return call.from_state(current_state(engine), engine.payloads.fetch)
     assert call.from_result is not None
     if isinstance(call.op, Claim):
         return call.from_result(engine.claim(call.op, call.wait_seconds))
@@ -37,7 +37,10 @@ def run_local(engine: QueueEngine, call: Call[T]) -> T:
 async def arun_local(engine: QueueEngine, call: Call[T]) -> T:
     if call.op is None:
         assert call.from_state is not None
-        return call.from_state(await asyncio.to_thread(current_state, engine))
+        from_state = call.from_state
+        return await asyncio.to_thread(
+            lambda: from_state(current_state(engine), engine.payloads.fetch)
+        )
     assert call.from_result is not None
     if isinstance(call.op, Claim):
         return call.from_result(await engine.aclaim(call.op, call.wait_seconds))

@@ -179,6 +179,9 @@ def _raise_op_error(result: Result) -> None:
 # One process builds one app in production, so serialising the build costs nothing.
 _BUILD_LOCK = threading.Lock()
 
+#: How often a process broker deletes orphaned spilled payloads of the queues it leads.
+SWEEP_EVERY_S = 600.0
+
 
 def create_app(
     settings: BrokerSettings | None = None, *, registry: QueueRegistry | None = None
@@ -193,16 +196,18 @@ def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scan = None
+        scan = sweep = None
         if settings.mode == "process":
             try:
                 await asyncio.to_thread(queues.adopt_existing)
             except StoreUnavailable as exc:  # transient: the scan below tries again
                 logging.getLogger("obque.broker").warning("scanning the root failed: %s", exc)
             scan = asyncio.create_task(_adopt_new_queues(queues, settings.broker_timeout / 3))
+            sweep = asyncio.create_task(_sweep_payloads(queues, SWEEP_EVERY_S))
         yield
-        if scan is not None:
-            scan.cancel()
+        for task in (scan, sweep):
+            if task is not None:
+                task.cancel()
         await asyncio.to_thread(queues.close)
 
     app = FastAPI(
@@ -309,7 +314,10 @@ def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
     ) -> Response:
         engine = await queues.get(name)
         current = await asyncio.to_thread(engine.read_state)
-        return _json(views.jobs_out(current, state, limit, int(time.time() * 1000)))
+        now_ms = int(time.time() * 1000)
+        fetch = engine.payloads.fetch  # spilled payloads: a GET each, so off the loop
+        listing = await asyncio.to_thread(views.jobs_out, current, state, limit, now_ms, fetch)
+        return _json(listing)
 
     @app.post("/v1/queues/{name}/dead/redrive", **_doc(IdsIn, views.RedriveOut, body_optional=True))
     async def redrive(name: str, request: Request) -> Response:
@@ -358,6 +366,13 @@ def _own_hosts(settings: BrokerSettings) -> frozenset[str] | None:
     if settings.bind_host:
         names.add(settings.bind_host.strip("[]").lower())
     return frozenset(names)
+
+
+async def _sweep_payloads(queues: QueueRegistry, every_s: float) -> None:
+    """Now and then delete spilled payloads no job names (see ``Payloads.sweep``)."""
+    while True:
+        await asyncio.sleep(every_s)
+        await asyncio.to_thread(queues.sweep_payloads)
 
 
 async def _adopt_new_queues(queues: QueueRegistry, every_s: float) -> None:

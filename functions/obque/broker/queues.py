@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 
 from obque.broker.settings import BrokerSettings
 from obque.commit import Engine, Leadership, QueueEngine, create_queue
-from obque.core import Configure, InvalidRequest, QueueNotFound, QueueState
+from obque.core import Configure, InvalidRequest, QueueNotFound, QueueState, StoreUnavailable
 from obque.core.limits import check_queue_name
 from obque.store import Root, Store, open_root
 
@@ -107,6 +108,20 @@ class QueueRegistry:
             except InvalidRequest:
                 continue  # a stray file that is not a queue name
             self._engine(name)
+
+    def sweep_payloads(self) -> int:
+        """Delete orphaned spilled payloads (pushes that never committed) of the queues
+        this broker leads: only a leader's state is known to be current."""
+        swept = 0
+        for name, engine in self.known().items():
+            lead, state = engine.leadership, engine.state
+            if lead is None or not lead.is_leader or state is None:
+                continue
+            try:
+                swept += engine.payloads.sweep(state)
+            except StoreUnavailable as exc:  # transient: the next sweep tries again
+                logging.getLogger("obque.broker").warning("sweeping %s failed: %s", name, exc)
+        return swept
 
     def close(self) -> None:
         for engine in self.known().values():

@@ -20,7 +20,7 @@ from obque.broker.wire import (
     StatsOut,
 )
 from obque.core import ClaimResult, CountResult, ItemsResult, PushResult, QueueState, Result
-from obque.core.summary import list_jobs, stats_summary
+from obque.core.summary import Fetch, list_jobs, stats_summary
 
 __all__ = [
     "ClaimOut",
@@ -77,5 +77,7 @@ def stats_out(state: QueueState, now_ms: int) -> StatsOut:
     return StatsOut(**stats_summary(state, now_ms))
 
 
-def jobs_out(state: QueueState, wanted: str, limit: int, now_ms: int) -> JobsOut:
-    return JobsOut([JobView(**job) for job in list_jobs(state, wanted, limit, now_ms)])
+def jobs_out(
+    state: QueueState, wanted: str, limit: int, now_ms: int, fetch: Fetch | None = None
+) -> JobsOut:
+    return JobsOut([JobView(**job) for job in list_jobs(state, wanted, limit, now_ms, fetch)])

@@ -128,6 +128,10 @@ class ConfigIn(_In):
     max_payload_bytes: Annotated[int, _M(ge=1, le=limits.MAX_PAYLOAD_BYTES_LIMIT)] | None = None
     dedup_seconds: Annotated[int, _M(ge=0, le=limits.MAX_DEDUP_SECONDS)] | None = None
     max_jobs: Annotated[int, _M(ge=1, le=limits.MAX_JOBS_LIMIT)] | None = None
+    spill_payload_bytes: (
+        Annotated[int, _M(ge=limits.MIN_SPILL_PAYLOAD_BYTES, le=limits.MAX_PAYLOAD_BYTES_LIMIT)]
+        | None
+    ) = None
 
     def changes(self) -> dict[str, object]:
         return {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not None}

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from obque.commit.payloads import Payloads, unused
 from obque.core import (
     Configure,
     Conflict,
@@ -72,8 +73,11 @@ class Committer:
         max_unavailable: int = 5,
         conflict_deadline: float = 30.0,
         trust_cache: bool = False,
+        payloads: Payloads | None = None,
     ) -> None:
         self.store = store
+        #: Where spilled payloads live: objects commits stop naming are deleted there.
+        self.payloads = payloads
         self.clock = clock
         self.entropy = entropy
         self.max_unavailable = max_unavailable
@@ -143,7 +147,10 @@ class Committer:
         from there), so nothing is written over a state the caller must not build on.
         """
         with self._lock:
-            return self._commit(ops, check, max_conflicts)
+            state, results = self._commit(ops, check, max_conflicts)
+        if self.payloads is not None:
+            self.payloads.release(unused(ops, results, state))
+        return state, results
 
     def _commit(
         self,
@@ -165,6 +172,7 @@ class Committer:
                     snap = self.store.read()
                     if unconfirmed is not None and snap is not None and snap.data == unconfirmed[0]:
                         self._state, self._token = unconfirmed[1], snap.token
+                        self._landed_state(unconfirmed[1])
                         self.stats.commits += 1
                         self.stats.ops += len(ops)
                         return unconfirmed[1], unconfirmed[2]
@@ -186,6 +194,7 @@ class Committer:
                 self._last_write = time.monotonic()
                 token = self.store.write(sent[0], self._token)
                 self._state, self._token = new_state, token
+                self._landed_state(new_state)
                 self.stats.commits += 1
                 self.stats.ops += len(ops)
                 return new_state, results
@@ -222,9 +231,15 @@ class Committer:
             return False
         if snap is not None and snap.data == data:
             self._state, self._token = new_state, snap.token
+            self._landed_state(new_state)
             self.stats.commits += 1
             return True
         return False
+
+    def _landed_state(self, state: QueueState) -> None:
+        """``state`` is in the store now: the payload objects it dropped can go."""
+        if state.released and self.payloads is not None:
+            self.payloads.release(state.released)
 
 
 def create_queue(

@@ -21,6 +21,11 @@ are pending as it just answered. And on a store that allows one write per interv
 (GCS), the writer takes its batch when the interval is over, not before, so everything
 arriving meanwhile rides along.
 
+Payloads above the queue's ``spill_payload_bytes`` are written to their own objects by
+the calling thread or coroutine before its push joins a batch, and read back after its
+claim is answered, so their I/O runs in parallel and never holds up the writer (see
+``obque.commit.payloads``). ``submit`` is the raw path without either step.
+
 Long-poll claims wait on an in-memory signal raised by commits that leave a job ready
 (or by the timer of the next delayed job or lease expiry), never by polling the store.
 """
@@ -38,6 +43,7 @@ from dataclasses import dataclass
 
 from obque.commit.cas import Committer
 from obque.commit.leader import Leadership
+from obque.commit.payloads import Payloads
 from obque.core import (
     Claim,
     ClaimResult,
@@ -91,6 +97,9 @@ class QueueEngine:
         self.committer = committer or Committer(
             store, clock=clock, trust_cache=leadership is not None
         )
+        if self.committer.payloads is None:
+            self.committer.payloads = Payloads(store, clock=clock)
+        self.payloads: Payloads = self.committer.payloads
         self.clock = clock
         self.leadership = leadership
         #: Without leadership: checked against every state a commit builds on (an
@@ -122,12 +131,23 @@ class QueueEngine:
         return future
 
     def run(self, op: Op, timeout: float | None = None) -> Result:
-        return self.submit(op).result(timeout)
+        if self.payloads.may_spill(op):
+            op = self._spill(op)
+        result = self.submit(op).result(timeout)
+        return self.payloads.resolve(result) if self.payloads.must_resolve(result) else result
 
     async def arun(self, op: Op) -> Result:
+        if self.payloads.may_spill(op):
+            op = await asyncio.to_thread(self._spill, op)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._enqueue(op, future)
-        return await future
+        result = await future
+        if self.payloads.must_resolve(result):
+            return await asyncio.to_thread(self.payloads.resolve, result)
+        return result
+
+    def _spill(self, op: Op) -> Op:
+        return self.payloads.spill(op, self.committer.snapshot().config)
 
     def _enqueue(self, op: Op, future: Answer) -> None:
         with self._cond:
@@ -203,6 +223,7 @@ class QueueEngine:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
+        self.payloads.close()
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)

@@ -38,6 +38,7 @@ import msgspec
 
 from obque.commit.cas import Committer
 from obque.commit.engine import EngineStats
+from obque.commit.payloads import Payloads
 from obque.core import (
     Claim,
     ClaimResult,
@@ -103,7 +104,8 @@ class IntentEngine:
         self.settings = settings or IntentSettings()
         #: Monotonic time by which this invocation must have answered (Lambda's budget).
         self.deadline = deadline or (lambda: None)
-        self.committer = Committer(store, clock=clock)
+        self.payloads = Payloads(store, clock=clock)
+        self.committer = Committer(store, clock=clock, payloads=self.payloads)
         self.stats = EngineStats()
         self.intents_written = 0
         self._contended_until = 0.0
@@ -119,6 +121,7 @@ class IntentEngine:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        self.payloads.close()
 
     def read_state(self) -> QueueState:
         return self.committer.refresh()
@@ -132,14 +135,22 @@ class IntentEngine:
 
     def run(self, op: Op) -> Result:
         with self._lock:  # one request at a time per environment; guard anyway
-            if time.monotonic() >= self._contended_until:
-                # Direct: one retry absorbs a stale cached state; a second loss means
-                # other invocations are writing now, so join them through intents.
-                try:
-                    return self._direct(op)
-                except Conflict:
-                    self._contended_until = time.monotonic() + self.settings.contention_memory_s
-            return self._via_intent(op)
+            if self.payloads.may_spill(op):
+                # Before either path: an intent then carries names, not big payloads.
+                config = (self.committer.state or self.committer.refresh()).config
+                op = self.payloads.spill(op, config)
+            result = self._run(op)
+        return self.payloads.resolve(result) if self.payloads.must_resolve(result) else result
+
+    def _run(self, op: Op) -> Result:
+        if time.monotonic() >= self._contended_until:
+            # Direct: one retry absorbs a stale cached state; a second loss means
+            # other invocations are writing now, so join them through intents.
+            try:
+                return self._direct(op)
+            except Conflict:
+                self._contended_until = time.monotonic() + self.settings.contention_memory_s
+        return self._via_intent(op)
 
     def _direct(self, op: Op) -> Result:
         """Commit ``op`` straight to the file -- carrying any pending intents with it.

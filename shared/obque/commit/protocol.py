@@ -11,6 +11,7 @@ from typing import Protocol
 
 from obque.commit.engine import EngineStats
 from obque.commit.leader import Leadership
+from obque.commit.payloads import Payloads
 from obque.core import Claim, ClaimResult, Op, QueueState, Result
 from obque.store import Store
 
@@ -21,6 +22,7 @@ class Engine(Protocol):
     name: str
     store: Store
     stats: EngineStats
+    payloads: Payloads
 
     @property
     def leadership(self) -> Leadership | None: ...

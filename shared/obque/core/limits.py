@@ -40,8 +40,10 @@ MAX_LEASE_CHARS = 64
 #: Nack error texts are kept on the job; longer texts are cut, not refused, because the
 #: text usually comes from an exception a worker did not choose.
 MAX_ERROR_CHARS = 4096
-#: Ceiling for a queue's ``max_payload_bytes`` setting (a payload lives inside the file).
+#: Ceiling for a queue's ``max_payload_bytes`` setting (a payload travels in one request).
 MAX_PAYLOAD_BYTES_LIMIT = 4 * 1024 * 1024
+#: Floor for ``spill_payload_bytes``: below it a separate object costs more than it saves.
+MIN_SPILL_PAYLOAD_BYTES = 1024
 #: Ceiling for a queue's ``max_jobs`` setting; every commit rewrites every job.
 MAX_JOBS_LIMIT = 1_000_000
 #: Ceilings for a queue's ``dead_retention`` and ``dedup_seconds`` settings.

@@ -104,6 +104,7 @@ class _Commit:
         self.dead = list(state.dead)
         self.applied = state.applied.copy()
         self.counters = dict.fromkeys(Stats.__struct_fields__, 0)
+        self.released: list[str] = []
         #: Did any operation change the queue? If not, there is nothing to write.
         self.changed = False
         # Claim cursor over the FIFO, built on the first claim of the commit.
@@ -133,6 +134,7 @@ class _Commit:
             stats=stats,
             keys=self.keys,
             extras=self.base.extras,
+            released=tuple(self.released),
         )
 
     def run(self, op: Op) -> Result:
@@ -225,10 +227,10 @@ class _Commit:
     def push(self, op: Push) -> Result:
         limit = self.config.max_payload_bytes
         for new in op.jobs:
-            if len(new.payload) > limit:
+            if new.size > limit:
                 return OpError(
                     "payload_too_large",
-                    f"a payload of {len(new.payload)} bytes exceeds this queue's "
+                    f"a payload of {new.size} bytes exceeds this queue's "
                     f"max_payload_bytes of {limit}",
                 )
         if len(self.jobs) + len(op.jobs) > self.config.max_jobs:
@@ -254,6 +256,7 @@ class _Commit:
                     ready_ms=self.now + new.delay_ms,
                     key=new.key,
                     max_attempts=new.max_attempts,
+                    spilled=new.spilled,
                 )
             )
             ids.append(job_id)
@@ -298,7 +301,7 @@ class _Commit:
                     worker=op.worker, lease=lease, expires_ms=expires, heartbeat_ms=self.now
                 ),
             )
-            got.append(ClaimedJob(job.id, job.payload, attempt, lease, expires))
+            got.append(ClaimedJob(job.id, job.payload, attempt, lease, expires, job.spilled))
         return ClaimResult(tuple(got))
 
     def _is_ready(self, job_id: str) -> Job | None:
@@ -366,6 +369,7 @@ class _Commit:
             return job
         del self.jobs[job.id]
         self._remember_key(job)
+        self._release([job])
         self.counters["acked"] += 1
         return ItemResult(job.id, True)
 
@@ -396,8 +400,13 @@ class _Commit:
         self.counters["dead"] += 1
         overflow = len(self.dead) - self.config.dead_retention
         if overflow > 0:
+            self._release(self.dead[:overflow])
             del self.dead[:overflow]
             self.counters["dead_dropped"] += overflow
+
+    def _release(self, gone: Sequence[Job]) -> None:
+        """Jobs that left the queue for good no longer need their spilled payloads."""
+        self.released.extend(job.spilled for job in gone if job.spilled is not None)
 
     def _take_dead(self, ids: tuple[str, ...] | None) -> list[Job]:
         self.changed = self.changed or bool(self.dead)
@@ -422,5 +431,6 @@ class _Commit:
 
     def purge(self, ids: tuple[str, ...] | None) -> int:
         taken = self._take_dead(ids)
+        self._release(taken)
         self.counters["purged"] += len(taken)
         return len(taken)

@@ -52,6 +52,9 @@ class Job(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields
     max_attempts: int | None = None
     claim: JobClaim | None = None
     last_error: str | None = None
+    #: A payload larger than the queue's ``spill_payload_bytes`` lives in its own object,
+    #: ``NAME.json.d/SPILLED``; ``payload`` is then ``null`` (see ``obque.commit.payloads``).
+    spilled: str | None = None
 
 
 class BrokerRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -76,6 +79,10 @@ class QueueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dedup_seconds: int = 300
     #: Pushes beyond this many jobs answer ``queue_full``.
     max_jobs: int = 100_000
+    #: Payloads larger than this are stored as separate objects beside the queue file
+    #: (written at push, fetched at claim, deleted when the job leaves), which keeps
+    #: the file -- rewritten by every commit -- small.
+    spill_payload_bytes: int = 16_384
 
 
 class Stats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -120,6 +120,14 @@ class NewJob:
     key: str | None = None
     delay_ms: int = 0
     max_attempts: int | None = None
+    #: Set once the payload was written to its own object (``payload`` is then ``null``).
+    spilled: str | None = None
+    #: The spilled payload's size in bytes (limits apply to the payload, not the stub).
+    spilled_bytes: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.spilled_bytes if self.spilled is not None else len(self.payload)
 
     @classmethod
     def of(
@@ -281,6 +289,7 @@ _CONFIG_RANGES: dict[str, tuple[type, float, float]] = {
     "max_payload_bytes": (int, 1, limits.MAX_PAYLOAD_BYTES_LIMIT),
     "dedup_seconds": (int, 0, limits.MAX_DEDUP_SECONDS),
     "max_jobs": (int, 1, limits.MAX_JOBS_LIMIT),
+    "spill_payload_bytes": (int, limits.MIN_SPILL_PAYLOAD_BYTES, limits.MAX_PAYLOAD_BYTES_LIMIT),
 }
 
 
@@ -354,6 +363,8 @@ class ClaimedJob:
     attempt: int
     lease: str
     lease_expires_ms: int
+    #: The payload's own object, until the engine has fetched it into ``payload``.
+    spilled: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,10 @@ class QueueState:
     #: Derived: push key -> id of the live job holding it.
     keys: dict[str, str]
     extras: Extras | None = None
+    #: Spilled payload objects the commit that built this state stopped referencing
+    #: (jobs acked, purged, dropped from the dead list): deleted once it has landed.
+    #: Never stored in the file.
+    released: tuple[str, ...] = ()
 
     @classmethod
     def new(

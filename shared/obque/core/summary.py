@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -9,7 +10,10 @@ import msgspec
 from obque.core.model import Job
 from obque.core.state import QueueState
 
-__all__ = ["JOB_STATES", "job_state", "list_jobs", "stats_summary"]
+__all__ = ["JOB_STATES", "Fetch", "job_state", "list_jobs", "stats_summary"]
+
+#: Reads spilled payload objects by name; a name it cannot find is left out.
+Fetch = Callable[[Sequence[str]], Mapping[str, msgspec.Raw]]
 
 JOB_STATES = ("ready", "delayed", "claimed", "dead")
 
@@ -58,14 +62,27 @@ def _summary(job: Job, state: str) -> dict[str, Any]:
     return out
 
 
-def list_jobs(state: QueueState, wanted: str, limit: int, now_ms: int) -> list[dict[str, Any]]:
-    """Up to ``limit`` jobs in ``wanted`` state, FIFO order (payloads as raw JSON)."""
+def list_jobs(
+    state: QueueState, wanted: str, limit: int, now_ms: int, fetch: Fetch | None = None
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` jobs in ``wanted`` state, FIFO order (payloads as raw JSON).
+
+    Spilled payloads are read with ``fetch``; without it (or when an object is missing)
+    such a job's payload shows as ``null``."""
     if wanted == "dead":
-        return [_summary(job, "dead") for job in state.dead[:limit]]
-    found: list[dict[str, Any]] = []
-    for job in state.jobs.values():
-        if job_state(job, now_ms) == wanted:
-            found.append(_summary(job, wanted))
-            if len(found) >= limit:
-                break
+        jobs = list(state.dead[:limit])
+    else:
+        jobs = []
+        for job in state.jobs.values():
+            if job_state(job, now_ms) == wanted:
+                jobs.append(job)
+                if len(jobs) >= limit:
+                    break
+    found = [_summary(job, wanted) for job in jobs]
+    spilled = [job.spilled for job in jobs if job.spilled is not None]
+    if spilled and fetch is not None:
+        payloads = fetch(spilled)
+        for job, out in zip(jobs, found, strict=True):
+            if job.spilled is not None and job.spilled in payloads:
+                out["payload"] = payloads[job.spilled]
     return found

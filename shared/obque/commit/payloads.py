@@ -91,7 +91,7 @@ class Payloads:
         *,
         clock: Callable[[], float] = time.time,
         cache_bytes: int = 32 * 1024 * 1024,
-        workers: int = 8,
+        workers: int = 32,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -125,13 +125,19 @@ class Payloads:
             return op
         now_ms = int(self.clock() * 1000)
         names = {i: f"{PREFIX}{now_ms:013d}-{secrets.token_hex(8)}.json" for i in big}
-        writes = [self._pool.submit(self._write, names[i], op.jobs[i].payload) for i in big]
         failed: StoreError | None = None
-        for write in writes:
+        if len(big) == 1:  # the common case: no hop through the pool
             try:
-                write.result()
-            except (StoreUnavailable, Conflict) as exc:  # a fresh name cannot conflict twice
+                self._write(names[big[0]], op.jobs[big[0]].payload)
+            except (StoreUnavailable, Conflict) as exc:
                 failed = exc
+        else:
+            writes = [self._pool.submit(self._write, names[i], op.jobs[i].payload) for i in big]
+            for write in writes:
+                try:
+                    write.result()
+                except (StoreUnavailable, Conflict) as exc:  # a fresh name cannot conflict
+                    failed = exc
         if failed is not None:
             self.release(names.values())  # what did land is nobody's yet
             raise StoreUnavailable(f"could not store a large payload: {failed}") from failed

@@ -10,7 +10,7 @@ threads claim one and ack it, for ``--seconds``. Reported: pushes and acks per s
 push latency, the queue file's size, and the store requests per job.
 
 Run from the repository root: ``.venv/bin/python -m bench.payload_spill`` (about a
-minute); ``--json`` for machine-readable output.
+minute per depth; ``--depth 1000`` for one); ``--json`` for machine-readable output.
 """
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ def run(mode: str, depth: int, producers: int, workers: int, seconds: float) -> 
     with tempfile.TemporaryDirectory(prefix="obque-spill-") as tmp:
         uri = f"file://{tmp}/queue.json?latency=s3"
         store = open_store(uri)
-        config = {"max_payload_bytes": 1_048_576, "spill_payload_bytes": spill}
+        config: dict[str, object] = {"max_payload_bytes": 1_048_576, "spill_payload_bytes": spill}
         create_queue(store, "queue", config)
         engine = QueueEngine(store)
         # Prefill through the engine's own spilling (100 jobs per push).
         for start in range(0, depth, 100):
-            jobs = [NewJob.of(payload(n)) for n in range(start, min(start + 100, depth))]
-            engine.run(Push.of(jobs))
+            batch = [NewJob.of(payload(n)) for n in range(start, min(start + 100, depth))]
+            engine.run(Push.of(batch))
         assert store.counts is not None
         before = store.counts.as_dict()
         stop = time.monotonic() + seconds
@@ -115,15 +115,16 @@ def run(mode: str, depth: int, producers: int, workers: int, seconds: float) -> 
         )
 
 
-def markdown(info: dict[str, Any], results: list[Result], args: argparse.Namespace) -> str:
-    base = next(r for r in results if r.mode == "inline")
+def table(results: list[Result]) -> str:
+    """One row per run; "vs inline" compares pushes+acks with the inline run of that depth."""
+    base = {r.depth: r for r in results if r.mode == "inline"}
     rows = [
         [
             r.mode,
             f"{r.depth:,}",
             f"{r.pushes_per_s:,.1f}",
             f"{r.acks_per_s:,.1f}",
-            f"{(r.pushes_per_s + r.acks_per_s) / (base.pushes_per_s + base.acks_per_s):.1f}x",
+            _vs(r, base.get(r.depth)),
             f"{r.push_p50_ms:,.0f}",
             f"{r.push_p99_ms:,.0f}",
             f"{r.file_mb:,.2f}",
@@ -131,6 +132,29 @@ def markdown(info: dict[str, Any], results: list[Result], args: argparse.Namespa
         ]
         for r in results
     ]
+    return markdown_table(
+        [
+            "payloads",
+            "depth",
+            "pushes/s",
+            "acks/s",
+            "vs inline",
+            "push p50 ms",
+            "push p99 ms",
+            "file MB at end",
+            "store requests per job",
+        ],
+        rows,
+    )
+
+
+def _vs(run: Result, base: Result | None) -> str:
+    if base is None:
+        return "-"
+    return f"{(run.pushes_per_s + run.acks_per_s) / (base.pushes_per_s + base.acks_per_s):.1f}x"
+
+
+def markdown(info: dict[str, Any], results: list[Result], args: argparse.Namespace) -> str:
     return "\n".join(
         [
             f"Machine: {info['nproc']} CPUs ({info['cpu_model']}), {info['implementation']} "
@@ -139,27 +163,14 @@ def markdown(info: dict[str, Any], results: list[Result], args: argparse.Namespa
             f"64 KiB payloads, `file://` + `?latency=s3`, {args.producers} pushing and "
             f"{args.workers} claim+ack threads for {args.seconds:g} s on one engine.",
             "",
-            markdown_table(
-                [
-                    "payloads",
-                    "depth",
-                    "pushes/s",
-                    "acks/s",
-                    "vs inline",
-                    "push p50 ms",
-                    "push p99 ms",
-                    "file MB at end",
-                    "store requests per job",
-                ],
-                rows,
-            ),
+            table(results),
         ]
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=int, default=1000)
+    parser.add_argument("--depth", type=int, nargs="+", default=[100, 1000, 5000])
     parser.add_argument("--producers", type=int, default=16)
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -167,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     info = machine()
     results = [
-        run(mode, args.depth, args.producers, args.workers, args.seconds)
+        run(mode, depth, args.producers, args.workers, args.seconds)
+        for depth in args.depth
         for mode in ("inline", "spilled")
     ]
     if args.json:

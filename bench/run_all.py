@@ -11,7 +11,9 @@ Runs, in this order (each module also runs alone):
 3. ``bench.commit_cost``: commit cost vs queue depth;
 4. ``bench.http_load``: one ``obque broker`` process under ``wrk``;
 5. ``bench.lambda_intents``: ``build_handler()`` environments meeting through intents;
-6. ``bench.cost``: store requests, invocations and dollars per 1M jobs.
+6. ``bench.cost``: store requests, invocations and dollars per 1M jobs;
+7. ``bench.payload_spill`` and two ``bench.commit_cost`` cases: 64 KiB payloads in the
+   file against spilled to their own objects.
 
 ``RESULTS.md`` is edited only between ``<!-- run_all:NAME -->`` markers (the Headline
 and the HTTP, Lambda, GCS-like, latency and cost sections); other sections stay as
@@ -30,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import commit_cost, cost, http_load, lambda_intents, plots
+from bench import commit_cost, cost, http_load, lambda_intents, payload_spill, plots
 from bench._common import commit_period, machine, markdown_table
 from bench._drive import PAYLOAD, Queue, committers, drive_tasks, drive_threads
 from bench._drive import Run as DriveRun
@@ -86,6 +88,54 @@ def sweep(quick: bool) -> tuple[list[tuple[int, float]], list[tuple[int, float]]
 # -- RESULTS.md sections ----------------------------------------------------------------
 
 
+def run_spill(quick: bool) -> tuple[list[commit_cost.Case], list[payload_spill.Result]]:
+    """64 KiB payloads in the file against spilled: the commit cost at 10k jobs, and the
+    engine end to end at several queue depths."""
+    size = 64 * 1024
+    log("large payloads: commit cost at 10,000 jobs: small, 64 KiB in the file, spilled")
+    cases = [commit_cost.run_case(10_000, 0)]
+    cases += [commit_cost.run_case(10_000, size, spilled=s) for s in (False, True)]
+    results = []
+    for depth in (1_000,) if quick else (100, 1_000, 5_000):
+        for mode in ("inline", "spilled"):
+            log(f"large payloads: {mode}, {depth:,} deep")
+            results.append(payload_spill.run(mode, depth, 16, 16, 5.0 if quick else 10.0))
+    return cases, results
+
+
+def spill_tables(
+    env: str, cases: list[commit_cost.Case], results: list[payload_spill.Result]
+) -> str:
+    commit_rows = [
+        [
+            f"{c.depth:,}",
+            commit_cost.payload_label(c.payload_bytes, c.spilled),
+            f"{c.file_mb:,.1f}",
+            c.decode,
+            c.apply,
+            c.encode,
+            f"**{c.commit}**",
+        ]
+        for c in cases
+    ]
+    return "\n".join(
+        [
+            env,
+            "",
+            "Commit cost (`bench.commit_cost`, 1,000-operation commit, median (best) ms):",
+            "",
+            markdown_table(
+                ["jobs", "payload", "file MB", "cold decode", "apply", "encode", "**commit**"],
+                commit_rows,
+            ),
+            "",
+            "End to end (`bench.payload_spill`, 16 pushing and 16 claim+ack threads):",
+            "",
+            payload_spill.table(results),
+        ]
+    )
+
+
 def replace_section(text: str, name: str, body: str, heading: str) -> str:
     """Put ``body`` between this section's markers; if there are none yet, replace the
     ``heading`` section's placeholder ("Not measured yet.") or append."""
@@ -112,6 +162,7 @@ def headline(
     lam: list[lambda_intents.LambdaRun],
     commit: commit_cost.Case | None,
     gcs_fig: Figure | None,
+    spill: list[commit_cost.Case] | None = None,
 ) -> str:
     w = commit_period("s3")
     rows: list[list[object]] = []
@@ -186,6 +237,21 @@ def headline(
                 "[commit cost](#commit-cost-spec-11-issue-2)",
             ]
         )
+    if spill:
+        small, inline, spilled = spill
+        flat = spilled.commit.median_ms <= 2 * small.commit.median_ms
+        rows.append(
+            [
+                "commit at 10k jobs of 64 KiB, spilled (small payloads)",
+                f"{spilled.commit.median_ms:.1f} ms ({small.commit.median_ms:.1f} ms)",
+                "-",
+                "-",
+                f"{inline.commit.median_ms:,.0f} ms in the file",
+                "flat: ≤ 2 x small",
+                _yes(flat),
+                "[large payloads](#large-payloads-spilled-beside-the-file-issue-8)",
+            ]
+        )
     if gcs_fig is not None and gcs_fig.limit:
         rows.append(
             [
@@ -253,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter windows (~2 min)")
     parser.add_argument("--no-write", action="store_true", help="print; leave RESULTS.md")
-    parser.add_argument("--skip", default="", help="comma list of: engine,sweep,commit,http,lambda")
+    parser.add_argument(
+        "--skip", default="", help="comma list of: engine,sweep,commit,http,lambda,spill"
+    )
     args = parser.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     logging.disable(logging.WARNING)  # gated stores make handlers log 503s at window end
@@ -283,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     lam: list[lambda_intents.LambdaRun] = (
         [] if "lambda" in skip else lambda_intents.run_all(args.quick, log)
     )
+    spill = None if "spill" in skip else run_spill(args.quick)
     elapsed = time.monotonic() - t0
     after = machine()
 
@@ -321,7 +390,14 @@ def main(argv: list[str] | None = None) -> int:
         f"average {before['loadavg_1m']} before, {after['loadavg_1m']} after. "
         f"W = {w * 1000:.0f} ms (`?latency=s3`)."
     )
-    sections = build_sections(env, figs, http, lam, cases, commit100k, engine_pts, base_pts)
+    sections = build_sections(
+        env, figs, http, lam, cases, commit100k, engine_pts, base_pts, spill and spill[0]
+    )
+    if spill:
+        sections["spill"] = (
+            "## Large payloads: spilled beside the file (issue 8)",
+            spill_tables(env, *spill),
+        )
     if args.no_write:
         for name, (heading, body) in sections.items():
             print(f"{heading}  [{name}]\n\n{body}\n")
@@ -347,6 +423,7 @@ def build_sections(
     commit100k: commit_cost.Case | None,
     engine_pts: list[tuple[int, float]],
     base_pts: list[tuple[int, float]],
+    spill: list[commit_cost.Case] | None = None,
 ) -> dict[str, tuple[str, str]]:
     """``name -> (heading, Markdown body)`` for every section this script owns."""
     out: dict[str, tuple[str, str]] = {}
@@ -359,7 +436,7 @@ def build_sections(
         "",
         env,
         "",
-        headline(figs, http, lam, commit100k, figs.get("gcs")),
+        headline(figs, http, lam, commit100k, figs.get("gcs"), spill),
         "",
     ]
     if engine_pts:

@@ -137,17 +137,21 @@ class QueueEngine:
         return self.payloads.resolve(result) if self.payloads.must_resolve(result) else result
 
     async def arun(self, op: Op) -> Result:
+        loop = asyncio.get_running_loop()
         if self.payloads.may_spill(op):
-            op = await asyncio.to_thread(self._spill, op)
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+            op = await loop.run_in_executor(self.payloads.calls, self._spill, op)
+        future: asyncio.Future[Result] = loop.create_future()
         self._enqueue(op, future)
         result = await future
         if self.payloads.must_resolve(result):
-            return await asyncio.to_thread(self.payloads.resolve, result)
+            return await loop.run_in_executor(self.payloads.calls, self.payloads.resolve, result)
         return result
 
     def _spill(self, op: Op) -> Op:
-        return self.payloads.spill(op, self.committer.snapshot().config)
+        # The cached state's settings, without waiting for a commit in flight to finish.
+        state = self.committer.state
+        config = state.config if state is not None else self.committer.snapshot().config
+        return self.payloads.spill(op, config)
 
     def _enqueue(self, op: Op, future: Answer) -> None:
         with self._cond:

@@ -98,11 +98,16 @@ class Payloads:
         self.cache_bytes = cache_bytes
         self.stats = PayloadStats()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="obque-payload")
+        #: Where event loops run ``spill`` and ``resolve`` (asyncio's default executor has
+        #: a handful of threads; each of these calls waits on the store). Separate from
+        #: the pool those calls fan out to, so a full one can never wait on itself.
+        self.calls = ThreadPoolExecutor(workers, thread_name_prefix="obque-payload-call")
         self._cache: OrderedDict[str, Raw] = OrderedDict()
         self._cached = 0
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        self.calls.shutdown(wait=True)
         self._pool.shutdown(wait=True)
 
     # -- push ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ validated operations, hand them to the queue's engine, encode the answer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from obque.broker import views
 from obque.broker.auth import BearerAuth, CrossSiteGuard
@@ -30,6 +32,7 @@ from obque.broker.errors import (
     http_error_response,
     unexpected_error_response,
 )
+from obque.broker.hot import HOT_VERBS, Handler, HotRoutes
 from obque.broker.metrics import render_metrics
 from obque.broker.queues import QueueRegistry
 from obque.broker.settings import BrokerSettings
@@ -173,6 +176,22 @@ def _raise_op_error(result: Result) -> None:
         raise result.exception()
 
 
+class _BrokerApp(FastAPI):
+    """FastAPI, entered through ``entry`` for HTTP: the authentication guard, then
+    :class:`HotRoutes` for the job routes, then the framework's own stack for the rest.
+
+    The guard runs outside the framework so that the job routes skip its per-request
+    middleware too (each wraps the response's ``send``; see ``obque.broker.hot``)."""
+
+    entry: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.entry is not None and scope["type"] == "http":
+            await self.entry(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 # FastAPI builds each route's pydantic adapters inside ``warnings.catch_warnings()``, which
 # swaps the process-wide warning filters and is not thread-safe: two apps built at once in
 # one process can restore each other's filters mid-build (under ``-W error`` that raises).
@@ -210,7 +229,7 @@ def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
                 task.cancel()
         await asyncio.to_thread(queues.close)
 
-    app = FastAPI(
+    app = _BrokerApp(
         title="obque broker",
         version="1",
         summary="A job queue whose whole state is one JSON object in object storage.",
@@ -219,10 +238,15 @@ def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
     )
     app.state.queues = queues
     app.state.settings = settings
+    hot: dict[str, Handler] = {}  # filled below, once the handlers exist
+    # Every HTTP request meets the guard first, then the job routes' fast path, then the
+    # framework (see ``_BrokerApp``).
+    entry: ASGIApp = HotRoutes(functools.partial(FastAPI.__call__, app), hot)
     if settings.token:
-        app.add_middleware(BearerAuth, token=settings.token)
+        entry = BearerAuth(entry, token=settings.token)
     elif settings.mode == "process":
-        app.add_middleware(CrossSiteGuard, hosts=_own_hosts(settings))
+        entry = CrossSiteGuard(entry, hosts=_own_hosts(settings))
+    app.entry = entry
 
     @app.exception_handler(ObqueError)
     async def on_obque_error(request: Request, exc: ObqueError) -> Response:
@@ -297,6 +321,9 @@ def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
         items = [NackItem.of(i.id, i.lease, i.delay_seconds, i.error, i.dead) for i in body.leases]
         result = await engine.arun(Nack.of(items))
         return _json(views.results_out(result))
+
+    hot.update(push=push, claim=claim, heartbeat=heartbeat, ack=ack, nack=nack)
+    assert set(hot) == set(HOT_VERBS)
 
     # -- inspection and dead letters -------------------------------------------------------
 

@@ -512,8 +512,10 @@ def build_sections(
                 [
                     env,
                     "",
-                    "One `obque broker` subprocess (uvicorn; `--root file:///tmp/...?latency=s3`, "
-                    "since `mem://` is per process) under `wrk` (C, `-t1`, keep-alive, one request "
+                    "One `obque broker` subprocess (uvicorn; `--root "
+                    "mem://http-bench/?latency=s3`, the engine figures' store model, held in "
+                    "the broker's memory) under `wrk` "
+                    "(C, `-t1`, keep-alive, one request "
                     "outstanding per connection; a Lua script in `bench/http_load.py` sends "
                     "pushes, or a claim of 1 then the ack of the lease it got). "
                     "**wrk and the broker share the same 2 cores** (and, on this VM, with "

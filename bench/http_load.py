@@ -331,9 +331,9 @@ def markdown(runs: list[HttpRun]) -> str:
     hz = next((r.rate for r in runs if r.label.startswith("GET /healthz")), None)
     rows = []
     for r in runs:
-        frac = "-" if r.limit is None else f"{r.rate / r.limit:.2f}"
+        frac = "-" if r.limit is None else f"{r.rate / r.limit:.3f}"
         if r.target.startswith("≥ 0.7") and hz:
-            frac += f" (x healthz: {r.rate / hz:.2f})"
+            frac += f" (x healthz: {r.rate / hz:.3f})"
         rows.append(
             [
                 r.label,

@@ -208,10 +208,10 @@ def headline(
     for r in http:
         if r.limit is None:
             continue
-        frac = f"{r.rate / r.limit:.2f}"
+        frac = f"{r.rate / r.limit:.3f}"
         hz = next((x.rate for x in http if x.limit is None), None)
         if r.connections == 256 and hz:
-            frac += f"; {r.rate / hz:.2f} x healthz ({hz:,.0f}/s)"
+            frac += f"; {r.rate / hz:.3f} x healthz ({hz:,.0f}/s)"
         rows.append(
             [
                 f"HTTP {r.label}, {r.connections} connections",

@@ -107,6 +107,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{store.uri}  revision {state.revision}  ({len(snap.data):,} bytes)")
     if broker is None:
         print("broker:   none advertised (clients commit directly)")
+    elif not broker.url:
+        print(f"broker:   none (the last one stopped cleanly; epoch {broker.epoch})")
     else:
         age = (now - broker.heartbeat_ms) / 1000 if broker.heartbeat_ms else None
         beat = f", heartbeat {age:.1f}s ago" if age is not None else ""

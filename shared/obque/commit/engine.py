@@ -227,10 +227,23 @@ class QueueEngine:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
+        if thread is None or not thread.is_alive():
+            self._release_leadership()
         self.payloads.close()
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _release_leadership(self) -> None:
+        """A leader stopping cleanly withdraws its URL, so clients stop sending it requests
+        and the next broker need not wait out the heartbeat timeout (best effort: a
+        broker that cannot write now is simply found stale later)."""
+        lead = self.leadership
+        if lead is None or not lead.is_leader:
+            return
+        with contextlib.suppress(ObqueError):
+            self.committer.commit([lead.release_op()], check=lead.check)
+        lead.fenced_by = "nobody (stopped)"
 
     # -- long-poll signal -----------------------------------------------------------------
 

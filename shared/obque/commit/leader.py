@@ -75,6 +75,13 @@ class Leadership:
             return None
         return Advertise(BrokerRecord(self.url, "process", self.broker_id, self.epoch, now_ms))
 
+    def release_op(self) -> Advertise:
+        """What a leader that stops cleanly leaves behind: its epoch (so fencing still
+        counts up), but no URL and a heartbeat of 0 -- clients see no broker (and serve a
+        local queue themselves), and the next broker takes over without waiting."""
+        assert self.epoch is not None
+        return Advertise(BrokerRecord("", "process", self.broker_id, self.epoch, 0))
+
     def committed(self, state: QueueState) -> None:
         """Note what a successful commit advertised."""
         record = state.broker

@@ -307,7 +307,8 @@ def test_the_intent_path_carries_names_not_payloads(store: Store) -> None:
         assert isinstance(got, ClaimResult)
         assert msgspec.json.decode(got.jobs[0].payload) == big_payload("i")
         writer.run(Ack((LeaseRef(got.jobs[0].id, got.jobs[0].lease),)))
-        eventually(lambda: objects(store) == [], "the acked job's object is gone")
+        # A function instance may be frozen once it answers: the delete is done by then.
+        assert objects(store) == []
     finally:
         writer.close()
 

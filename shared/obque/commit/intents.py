@@ -140,7 +140,10 @@ class IntentEngine:
                 config = (self.committer.state or self.committer.refresh()).config
                 op = self.payloads.spill(op, config)
             result = self._run(op)
-        return self.payloads.resolve(result) if self.payloads.must_resolve(result) else result
+            if self.payloads.must_resolve(result):
+                result = self.payloads.resolve(result)
+            self.payloads.drain(timeout=max(0.0, self._time_left()))
+        return result
 
     def _run(self, op: Op) -> Result:
         if time.monotonic() >= self._contended_until:

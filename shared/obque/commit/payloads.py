@@ -33,7 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from msgspec import Raw
@@ -102,6 +102,7 @@ class Payloads:
         #: a handful of threads; each of these calls waits on the store). Separate from
         #: the pool those calls fan out to, so a full one can never wait on itself.
         self.calls = ThreadPoolExecutor(workers, thread_name_prefix="obque-payload-call")
+        self._deleting: set[Future[None]] = set()
         self._cache: OrderedDict[str, Raw] = OrderedDict()
         self._cached = 0
         self._lock = threading.Lock()
@@ -221,7 +222,22 @@ class Payloads:
                     self._cached -= len(dropped)
             if valid_name(name):
                 with contextlib.suppress(RuntimeError):  # shut down: the sweep gets it
-                    self._pool.submit(self._delete, name)
+                    deleting = self._pool.submit(self._delete, name)
+                    with self._lock:
+                        self._deleting.add(deleting)
+                    deleting.add_done_callback(self._deleted)
+
+    def _deleted(self, deleting: Future[None]) -> None:
+        with self._lock:
+            self._deleting.discard(deleting)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait for the deletes in flight: a function instance may be frozen as soon as
+        it has answered, and a delete left running then may never finish."""
+        with self._lock:
+            deleting = list(self._deleting)
+        if deleting:
+            wait(deleting, timeout)
 
     def _delete(self, name: str) -> None:
         try:

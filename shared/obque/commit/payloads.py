@@ -107,6 +107,10 @@ class Payloads:
         self._cached = 0
         self._lock = threading.Lock()
 
+    def _count(self, what: str, n: int = 1) -> None:
+        with self._lock:  # counters are bumped from the pool's threads
+            setattr(self.stats, what, getattr(self.stats, what) + n)
+
     def close(self) -> None:
         self.calls.shutdown(wait=True)
         self._pool.shutdown(wait=True)
@@ -154,7 +158,7 @@ class Payloads:
 
     def _write(self, name: str, payload: Raw) -> None:
         self.store.child(name).write(bytes(payload), None)
-        self.stats.spilled += 1
+        self._count("spilled")
         self._remember(name, payload)
 
     # -- claim -----------------------------------------------------------------------------
@@ -179,7 +183,7 @@ class Payloads:
                         job.id,
                         job.spilled,
                     )
-                job = _fetched(job, payload or _NULL)
+                job = _fetched(job, payload if payload is not None else _NULL)
             jobs.append(job)
         return ClaimResult(tuple(jobs))
 
@@ -205,9 +209,9 @@ class Payloads:
     def _read(self, name: str) -> Raw | None:
         snap = self.store.child(name).read()
         if snap is None:
-            self.stats.missing += 1
+            self._count("missing")
             return None
-        self.stats.fetched += 1
+        self._count("fetched")
         return Raw(snap.data)
 
     # -- release ---------------------------------------------------------------------------
@@ -242,7 +246,7 @@ class Payloads:
     def _delete(self, name: str) -> None:
         try:
             self.store.child(name).delete()
-            self.stats.deleted += 1
+            self._count("deleted")
         except StoreUnavailable as exc:
             log.warning("%s: could not delete %s (the sweep will): %s", self.store.uri, name, exc)
 
@@ -260,7 +264,7 @@ class Payloads:
                 orphans.append(name)
         for name in orphans:
             self.store.child(name).delete()
-        self.stats.swept += len(orphans)
+        self._count("swept", len(orphans))
         return len(orphans)
 
     # -- cache -----------------------------------------------------------------------------

@@ -193,14 +193,21 @@ class IntentEngine:
         patience = time.monotonic() + self.settings.window_s + self.settings.fold_patience_s
         time.sleep(self.settings.window_s)
         pause = 0.01
+        oldest: str | None = None  # the oldest pending intent at the last look
         while time.monotonic() < end:
             state = self.committer.refresh()
+            if oldest is not None and f"i:{oldest}" in state.applied:
+                # Intents are being carried (a fold or a direct commit took the oldest):
+                # whoever does it is alive, so wait for it again rather than fold too --
+                # concurrent folds only make each other lose their compare-and-set.
+                patience = max(patience, time.monotonic() + self.settings.fold_patience_s)
             if (found := _applied(state, intent_id)) is not None:
                 self._forget([intent_id])
                 return found
             if int(self.clock() * 1000) > expires_ms:
                 break  # no commit can apply it any more
             waiting, leftovers = self._listed(state)
+            oldest = waiting[0] if waiting else None
             if waiting and waiting[0] != intent_id and time.monotonic() < patience:
                 # The oldest intent's owner folds everyone's; the others only watch the
                 # file (a GET and a LIST each) instead of all reading every intent.

@@ -399,7 +399,10 @@ async def _sweep_payloads(queues: QueueRegistry, every_s: float) -> None:
     """Now and then delete spilled payloads no job names (see ``Payloads.sweep``)."""
     while True:
         await asyncio.sleep(every_s)
-        await asyncio.to_thread(queues.sweep_payloads)
+        try:
+            await asyncio.to_thread(queues.sweep_payloads)
+        except Exception:  # a sweep is housekeeping: it must not end the loop
+            logging.getLogger("obque.broker").exception("sweeping spilled payloads failed")
 
 
 async def _adopt_new_queues(queues: QueueRegistry, every_s: float) -> None:

@@ -39,7 +39,7 @@ RELEASED = "released: worker shutting down"
 
 WORKER_SCRIPT = textwrap.dedent(
     """
-    import asyncio, dataclasses, json, sys, time
+    import asyncio, dataclasses, json, signal, sys, time
     from obque.client import Client, Worker
 
     target, sleep_s, grace, concurrency, flavour = sys.argv[1:6]
@@ -52,7 +52,6 @@ WORKER_SCRIPT = textwrap.dedent(
         print(f"started {job.id}", flush=True)
         await asyncio.sleep(float(sleep_s))
 
-    print("ready", flush=True)
     with Client(target) as q:
         worker = Worker(
             q,
@@ -61,6 +60,11 @@ WORKER_SCRIPT = textwrap.dedent(
             grace_seconds=float(grace),
             worker_id="signal-test",
         )
+        # The test signals as soon as it reads "ready"; until run() installs the
+        # worker's own handlers, these do the same (else the default one kills us).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: worker.stop())
+        print("ready", flush=True)
         stats = worker.run()
     print("stats " + json.dumps(dataclasses.asdict(stats)), flush=True)
     """

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import threading
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ import pytest
 
 from obque.core.errors import Conflict, StoreUnavailable
 from obque.store import Store, open_root, open_store
+from obque.store import file as file_store
 from obque.store.memory import MemoryBackend
 from obque.store.shaping import FaultBackend
 
@@ -261,6 +264,46 @@ def test_file_store_counter_across_processes(tmp_path: Path) -> None:
     count, last = _read_counter(setup)
     assert count == processes * times
     assert last == {f"p{i}": times - 1 for i in range(processes)}
+
+
+class _FrozenMetadataOs(types.ModuleType):
+    """``os`` on a filesystem whose inode numbers are reused at once and whose clock
+    tick is longer than the test: every stat shows one inode and one mtime."""
+
+    def __init__(self) -> None:
+        super().__init__("os")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    @staticmethod
+    def _frozen(st: os.stat_result) -> os.stat_result:
+        return os.stat_result((st.st_mode, 7, st.st_dev, 1, 0, 0, st.st_size, 0, 0, 0))
+
+    def stat(self, path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        return self._frozen(os.stat(path, *args, **kwargs))
+
+    def fstat(self, fd: int) -> os.stat_result:
+        return self._frozen(os.fstat(fd))
+
+
+def test_file_token_does_not_come_back_after_equal_size_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A token built from (inode, mtime, size) repeats here after A -> B with B the size
+    # of A; a writer still holding A's token must nevertheless lose its compare-and-set.
+    monkeypatch.setattr(file_store, "os", _FrozenMetadataOs())
+    store = open_store(f"file://{tmp_path}/queue.json")
+    stale = store.write(b'{"revision": 1, "v": "a"}', None)
+    current = store.write(b'{"revision": 2, "v": "b"}', stale)
+    assert current != stale
+    with pytest.raises(Conflict):
+        store.write(b'{"revision": 3, "v": "c"}', stale)
+    assert store.read() == (b'{"revision": 2, "v": "b"}', current)
+    # The chain goes on from the current token, through a third equal-size write.
+    assert store.write(b'{"revision": 3, "v": "c"}', current) != current
+    with pytest.raises(Conflict):
+        store.write(b'{"revision": 4, "v": "d"}', current)
 
 
 # -- what each service really answers --------------------------------------------------

@@ -13,9 +13,10 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from botocore.exceptions import ClientError
 from servers import StoreServer, free_ports
 
-from obque.core.errors import AmbiguousWrite, StoreUnavailable
+from obque.core.errors import AmbiguousWrite, Conflict, StoreUnavailable
 from obque.store import open_store
 
 pytestmark = pytest.mark.timeout(60)
@@ -116,3 +117,35 @@ def test_a_write_to_nowhere_is_unavailable_not_ambiguous(
     finally:
         store.close()
     assert not isinstance(raised.value, AmbiguousWrite)
+
+
+CONDITIONAL_CONFLICT_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ConditionalRequestConflict</Code>'
+    b"<Message>A conflicting conditional operation is currently in progress against this "
+    b"resource. Please try again.</Message><RequestId>R1</RequestId></Error>"
+)
+CONDITIONAL_CONFLICT = (
+    b"HTTP/1.1 409 Conflict\r\nContent-Type: application/xml\r\n"
+    + f"Content-Length: {len(CONDITIONAL_CONFLICT_BODY)}\r\n".encode()
+    + b"Connection: close\r\n\r\n"
+    + CONDITIONAL_CONFLICT_BODY
+)
+
+
+@pytest.mark.parametrize("misbehaving", [CONDITIONAL_CONFLICT], ids=["409"], indirect=True)
+@pytest.mark.parametrize("expected", [None, '"etag-1"'], ids=["create", "cas"])
+def test_s3_409_conditional_request_conflict_is_a_conflict_sent_once(
+    misbehaving: Misbehaving, expected: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # S3 answers 409 ConditionalRequestConflict when two conditional writes of one key
+    # race; the loser lost its compare-and-set. Neither moto nor SeaweedFS sends it.
+    store = open_store(_endpoint_env("s3", misbehaving.endpoint, monkeypatch))
+    try:
+        with pytest.raises(Conflict) as raised:
+            store.write(b"{}", expected)  # the public path: no ambiguity resolution either
+    finally:
+        store.close()
+    assert not isinstance(raised.value, StoreUnavailable)
+    assert isinstance(raised.value.__cause__, ClientError)
+    assert "ConditionalRequestConflict" in str(raised.value.__cause__)
+    assert misbehaving.writes == 1  # not retried by the SDK, not re-read as ambiguous

@@ -671,3 +671,19 @@ def test_an_intent_whose_caller_gave_up_is_never_applied(
     assert isinstance(outcome["a"], StoreUnavailable), outcome  # A answered 503 ...
     assert "was revoked" in str(outcome["a"]), outcome
     assert payloads == ['"from-b"'], (a_applied, payloads)  # ... so its push must not land
+
+
+def test_runtime_client_reports_a_missing_root(moto_server: StoreServer, tmp_path: Path) -> None:
+    """Without ``OBQUE_ROOT`` the cold start fails with the setting named, instead of a
+    function silently serving ``file://./.obque/`` on its instance's disk."""
+    env = {k: v for k, v in moto_server.child_env().items() if k != "OBQUE_ROOT"}
+    with RuntimeApi() as api:
+        environments = LambdaEnvironments(api, HANDLER, env, tmp_path)
+        try:
+            [environment] = environments.start(1)
+            assert environment.popen.wait(60) == 1, environments.failure_report([environment])
+        finally:
+            environments.stop()
+    [report] = api.init_errors
+    assert report["errorType"] == "ConfigurationError", report
+    assert "OBQUE_ROOT is not set" in report["errorMessage"], report

@@ -5,9 +5,12 @@ execution environment one request at a time, so concurrent requests meet through
 intent protocol (``obque.commit.intents``) instead of a shared buffer; a warm environment
 keeps the last state and token it saw, so an uncontended request costs one CAS write.
 
-Configuration (environment): ``OBQUE_ROOT`` (``s3://BUCKET/`` -- required), optional
-``OBQUE_TOKEN`` (bearer mode, for Function URLs with auth type NONE), and
-``OBQUE_INTENT_WINDOW_MS`` (how long an intent waits for others to join, default 50).
+Configuration (environment): ``OBQUE_ROOT`` (``s3://BUCKET/`` -- required: without it
+the cold start fails), ``OBQUE_QUEUES`` (the deployment's queue names, comma-separated:
+the broker's role may touch only those objects, so ``GET /v1/queues`` answers from it
+instead of listing the bucket), optional ``OBQUE_TOKEN`` (bearer mode, for Function URLs
+with auth type NONE), and ``OBQUE_INTENT_WINDOW_MS`` (how long an intent waits for others
+to join, default 50).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def build_handler(settings: BrokerSettings | None = None) -> Any:
     """A Lambda handler serving ``settings`` (from the environment by default)."""
     from mangum import Mangum
 
-    settings = settings or BrokerSettings.from_env(mode="serverless")
+    settings = settings or BrokerSettings.serverless_from_env()
     budget = _Budget()
     window = float(os.environ.get("OBQUE_INTENT_WINDOW_MS", "50")) / 1000
     intent_settings = IntentSettings(window_s=window)

@@ -1,9 +1,11 @@
 """Turning errors into the API's one error shape: ``{"error": {"code", "message"}}``.
 
 Every status a caller can meet is decided here. A user's mistake is a 4xx with a message
-naming the limit or field; store trouble is a retryable 503 with ``Retry-After``; the one
-500 a caller should ever see is ``queue_file_corrupt``, which names the object (left
-untouched). Unexpected exceptions are logged here and answered without a stack trace.
+naming the limit or field; store trouble is a retryable 503 with ``Retry-After``; a
+caller should meet a 500 only as ``queue_file_corrupt``, which names the object (left
+untouched), or ``store_forbidden``, when the store refuses the broker's own credentials
+for an object (a deployment whose IAM does not cover it: retrying cannot help).
+Unexpected exceptions are logged here and answered without a stack trace.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ STATUS: dict[str, int] = {
     "queue_file_corrupt": 500,
     "internal_error": 500,
     "missing_dependency": 500,
+    # The store refused the broker's own credentials (IAM): retrying cannot help, so not
+    # a 503; the message names the object.
+    "store_forbidden": 500,
     "not_leader": 503,
     "store_unavailable": 503,
     "conflict": 503,  # a CAS that kept losing: as retryable as an outage

@@ -5,7 +5,9 @@ An instance handles many requests at once (concurrency > 1), so they share the i
 group-commit engine; GCS allows about one write per second per object, which the
 ``gs://`` store advertises and the engine's pacing respects (``min_write_interval``).
 Credentials are the function's service account, through google-cloud-storage's default
-chain. Configuration: ``OBQUE_ROOT`` (``gs://BUCKET/``), optional ``OBQUE_TOKEN``.
+chain. Configuration: ``OBQUE_ROOT`` (``gs://BUCKET/``, required), ``OBQUE_QUEUES`` (the
+deployment's queue names, comma-separated: listed by ``GET /v1/queues`` instead of the
+bucket), optional ``OBQUE_TOKEN``.
 
 Instances do not elect a leader (``mode: serverless``): when several run, their commits
 meet as ordinary compare-and-set conflicts, retried on a fresh read.
@@ -26,7 +28,7 @@ __all__ = ["build_app", "handler"]
 
 
 def build_app(settings: BrokerSettings | None = None) -> Any:
-    return create_app(settings or BrokerSettings.from_env(mode="serverless"))
+    return create_app(settings or BrokerSettings.serverless_from_env())
 
 
 @functools.cache

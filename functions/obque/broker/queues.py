@@ -59,12 +59,24 @@ class QueueRegistry:
         with self._lock:
             return dict(self._engines)
 
+    def _served(self, name: str) -> str | None:
+        """Why ``name`` is outside the queues this broker was given (None: it is inside)."""
+        served = self.settings.queues
+        if served is None or name in served:
+            return None
+        return (
+            f"queue {name!r} is not one this deployment serves ({', '.join(served)}): its "
+            "role may not touch other objects; add it to the deployment's queues and redeploy"
+        )
+
     async def get(self, name: str) -> Engine:
         """The engine of an existing queue (``QueueNotFound`` otherwise)."""
         check_queue_name(name)
         engine = self._engines.get(name)
         if engine is not None:
             return engine
+        if outside := self._served(name):
+            raise QueueNotFound(outside)
         store = self.root.queue(name)
         if await asyncio.to_thread(store.read) is None:
             raise QueueNotFound(f"queue {name!r} does not exist at {store.uri}; create it first")
@@ -74,6 +86,8 @@ class QueueRegistry:
         """Create the queue (``True``) or apply ``config`` to the existing one (``False``)."""
         check_queue_name(name)
         configure = Configure.of(config)  # validate before touching the store
+        if outside := self._served(name):
+            raise InvalidRequest(outside)
         engine = self._engines.get(name)
         if engine is not None and await asyncio.to_thread(engine.store.read) is None:
             self._forget(name, engine)  # its file was deleted: start afresh
@@ -98,6 +112,9 @@ class QueueRegistry:
         engine.close()
 
     async def names(self) -> list[str]:
+        if self.settings.queues is not None:
+            # A deployment's role may not list the bucket root: its queues are configured.
+            return sorted(self.settings.queues)
         return sorted(await asyncio.to_thread(self.root.queue_names))
 
     def adopt_existing(self) -> None:

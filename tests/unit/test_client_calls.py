@@ -8,9 +8,11 @@ reaches the wire: that invalid calls never do, and that a retried push repeats i
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,8 +23,15 @@ from obque.client import AsyncClient, BrokerUnreachable, Client, PushItem, Retry
 from obque.client.auth import NoAuth
 from obque.client.calls import ClaimedJob, ItemOutcome, error_from_body
 from obque.client.resolve import HttpEndpoint
-from obque.client.retry import Attempts, needs_new_broker, retryable
+from obque.client.retry import (
+    MAX_RETRY_SECONDS,
+    Attempts,
+    GatewayError,
+    needs_new_broker,
+    retryable,
+)
 from obque.client.wire import ANSWER_SLACK, build_request, read_answer, read_timeout
+from obque.commit import create_queue
 from obque.core import (
     AmbiguousWrite,
     InvalidRequest,
@@ -36,7 +45,8 @@ from obque.core import (
     StoreUnavailable,
     Unauthorized,
 )
-from obque.core.limits import MAX_PUSH_BATCH, RETRY_KEY_PREFIX
+from obque.core.limits import MAX_PUSH_BATCH, RETRY_KEY_PREFIX, RETRY_KEY_SECONDS
+from obque.store import open_store
 
 ENDPOINT = HttpEndpoint("http://broker.test:8080", "jobs")
 URL = "http://broker.test:8080/v1/queues/jobs/push"
@@ -150,9 +160,13 @@ class Recorder:
     def __init__(self, *answers: tuple[int, bytes]) -> None:
         self.answers = list(answers)
         self.requests: list[httpx.Request] = []
+        #: Called with each request before it is answered (to change the world meanwhile).
+        self.hook: Callable[[httpx.Request], None] | None = None
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        if self.hook is not None:
+            self.hook(request)
         status, body = self.answers.pop(0) if self.answers else (500, b"script ran out")
         return httpx.Response(status, content=body, headers={"content-type": "application/json"})
 
@@ -260,6 +274,66 @@ def test_async_client_retries_like_the_sync_one(recorder: Recorder) -> None:
     assert asyncio.run(main()) == ["5", "6"]
     first, second = recorder.bodies()
     assert first == second
+
+
+def advertise(path: Path, url: str) -> None:
+    """Make the queue file at ``path`` name ``url`` as its broker (as a takeover would)."""
+    data = json.loads(path.read_text())
+    epoch = (data.get("broker") or {}).get("epoch", 0) + 1
+    data["broker"] = {"url": url, "mode": "process", "id": f"b-{epoch}", "epoch": epoch}
+    data["revision"] += 1
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def moving_queue(tmp_path: Path) -> tuple[Path, str]:
+    """A file queue advertising http://old.test; returns its path and URI."""
+    path = tmp_path / "jobs.json"
+    create_queue(open_store(path.as_uri()), "jobs")
+    advertise(path, "http://old.test")
+    return path, path.as_uri()
+
+
+def move_after(path: Path, requests: int) -> Callable[[httpx.Request], None]:
+    """A hook that advertises http://new.test once ``requests`` requests were answered."""
+    seen = itertools.count(1)
+
+    def hook(request: httpx.Request) -> None:
+        if next(seen) == requests:
+            advertise(path, "http://new.test")
+
+    return hook
+
+
+def hosts(recorder: Recorder) -> list[str]:
+    return [r.url.host for r in recorder.requests]
+
+
+PUSHED = (200, b'{"ids":["1"],"duplicates":[],"revision":3}')
+
+
+def test_a_proxy_5xx_re_reads_the_queue_file(
+    recorder: Recorder, moving_queue: tuple[Path, str]
+) -> None:
+    path, uri = moving_queue
+    recorder.hook = move_after(path, 1)
+    recorder.answers = [(502, b"<html>502 Bad Gateway</html>"), PUSHED]
+    with Client(uri, retry=FAST) as q:
+        assert q.push(1) == "1"
+    assert hosts(recorder) == ["old.test", "new.test"]
+
+
+def test_store_unavailable_re_reads_the_queue_file_once_it_lasts(
+    recorder: Recorder, moving_queue: tuple[Path, str]
+) -> None:
+    path, uri = moving_queue
+    recorder.hook = move_after(path, 1)  # the broker moved right after the first answer
+    unavailable = (503, error_body("store_unavailable", "the store timed out"))
+    recorder.answers = [unavailable, unavailable, PUSHED]
+    with Client(uri, retry=FAST) as q:
+        assert q.push(1) == "1"
+    # The first 503 came from a live broker: asked again. The second in a row: re-read.
+    assert hosts(recorder) == ["old.test", "old.test", "new.test"]
 
 
 # -- the other calls -------------------------------------------------------------------------
@@ -416,33 +490,36 @@ def test_an_unknown_code_is_still_an_obque_error() -> None:
     assert not retryable(error)
 
 
-PROXY_ANSWERS: list[tuple[int, bytes, type[ObqueError], bool]] = [
-    (502, b"<html><body>502 Bad Gateway</body></html>", StoreUnavailable, True),
-    (503, b"Service Unavailable", StoreUnavailable, True),
-    (504, b"", StoreUnavailable, True),
-    (429, b"Rate exceeded", StoreUnavailable, True),
-    (403, b'{"Message":"Forbidden"}', Unauthorized, False),  # Lambda Function URL, AWS_IAM
-    (403, b"<html>Your client does not have permission</html>", Unauthorized, False),
-    (401, b"Unauthorized", Unauthorized, False),
-    (404, b"Not Found", InvalidRequest, False),
-    (400, b'"not an object"', InvalidRequest, False),
+PROXY_ANSWERS: list[tuple[int, bytes, type[ObqueError], bool, bool]] = [
+    (502, b"<html><body>502 Bad Gateway</body></html>", GatewayError, True, True),
+    (503, b"Service Unavailable", GatewayError, True, True),
+    (504, b"", GatewayError, True, True),
+    (500, b'{"message":"Internal Server Error"}', GatewayError, True, True),
+    (429, b"Rate exceeded", StoreUnavailable, True, False),
+    (403, b'{"Message":"Forbidden"}', Unauthorized, False, False),  # Function URL, AWS_IAM
+    (403, b"<html>Your client does not have permission</html>", Unauthorized, False, False),
+    (401, b"Unauthorized", Unauthorized, False, False),
+    (404, b"Not Found", InvalidRequest, False, False),
+    (400, b'"not an object"', InvalidRequest, False, False),
 ]
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "kind", "retried"),
+    ("status", "body", "kind", "retried", "reread"),
     PROXY_ANSWERS,
     ids=[f"{s}-{i}" for i, (s, *_) in enumerate(PROXY_ANSWERS)],
 )
 def test_proxy_answers_that_are_not_broker_errors(
-    status: int, body: bytes, kind: type[ObqueError], retried: bool
+    status: int, body: bytes, kind: type[ObqueError], retried: bool, reread: bool
 ) -> None:
+    """A 5xx without obque's error body came from a proxy or gateway: the broker behind
+    it may be gone, so the queue file is re-read at once (a throttling 429 is not)."""
     error = error_from_body(status, body, URL)
     assert type(error) is kind
     assert str(status) in error.message
     assert URL in error.message
     assert retryable(error) is retried
-    assert not needs_new_broker(error)
+    assert needs_new_broker(error) is reread
 
 
 def test_a_long_proxy_page_is_cut_short() -> None:
@@ -518,12 +595,13 @@ def test_one_attempt_means_no_retry() -> None:
     [
         (NotLeader("moved", broker_url="http://b2"), True),
         (BrokerUnreachable("connection refused"), True),
+        (GatewayError("502 from a load balancer"), True),
         (StoreUnavailable("503"), False),
         (AmbiguousWrite("lost answer"), False),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else str(v),
 )
-def test_attempts_re_resolve_only_when_the_broker_may_have_moved(
+def test_attempts_re_resolve_at_once_when_the_broker_may_have_moved(
     error: ObqueError, refresh: bool
 ) -> None:
     attempts = Attempts(RetryPolicy())
@@ -532,12 +610,133 @@ def test_attempts_re_resolve_only_when_the_broker_may_have_moved(
     assert attempts.refresh is refresh
 
 
+def test_store_unavailable_re_resolves_from_the_second_in_a_row() -> None:
+    """A broker's own 503 store_unavailable says it is alive: the first is retried on the
+    same broker; when the trouble lasts, the queue file is read again in case a takeover
+    happened meanwhile."""
+    attempts = Attempts(RetryPolicy())
+    attempts.failed(StoreUnavailable("store down 1"))
+    assert not attempts.refresh
+    attempts.failed(StoreUnavailable("store down 2"))
+    assert attempts.refresh
+    attempts.failed(StoreUnavailable("store down 3"))
+    assert attempts.refresh
+    # Another kind of failure breaks the streak.
+    attempts.failed(AmbiguousWrite("lost answer"))
+    assert not attempts.refresh
+    attempts.failed(StoreUnavailable("store down 4"))
+    assert not attempts.refresh
+
+
 def test_refresh_follows_the_latest_failure() -> None:
     attempts = Attempts(RetryPolicy())
     attempts.failed(BrokerUnreachable("refused"))
     assert attempts.refresh
     attempts.failed(StoreUnavailable("503"))
     assert not attempts.refresh
+
+
+# -- the retry budget is time -------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_failing(attempts: Attempts, clock: FakeClock, wanted: float, error: ObqueError) -> int:
+    """Drive the retry loop against a broker that always fails, each attempt taking the
+    whole time it is allowed; returns the number of attempts made."""
+    made = 0
+    while True:
+        timeout = attempts.timeout(wanted)
+        assert clock.now + timeout <= attempts.deadline + 1e-9  # never waits past the budget
+        clock.now += timeout
+        made += 1
+        try:
+            clock.now += attempts.failed(error)
+        except ObqueError as raised:
+            assert raised is error
+            return made
+
+
+def test_the_default_budget_rides_out_a_broker_failover() -> None:
+    """A standby takes a dead broker's queues once its heartbeat is --broker-timeout (10 s)
+    old, and the heartbeat is up to a third of that older at the crash: 10-13 s of refused
+    connections. The default policy must still be trying then, with an attempt due soon."""
+    clock = FakeClock()
+    started = clock.now
+    attempts = Attempts(RetryPolicy(), clock=clock)
+    tried: list[float] = []
+    while clock.now - started < 13.0:
+        tried.append(clock.now - started)
+        clock.now += 0.001  # refused at once
+        clock.now += attempts.failed(BrokerUnreachable("refused"))
+    assert attempts.refresh  # each retry re-reads the queue file
+    # The gap between tries is capped (2 s), so the takeover is noticed within it.
+    assert max(b - a for a, b in itertools.pairwise(tried)) <= RetryPolicy().cap_seconds + 0.01
+    assert RetryPolicy().total_seconds >= 13.0 + 2 * RetryPolicy().cap_seconds
+
+
+@pytest.mark.parametrize("wanted", [0.5, 5.0, ANSWER_SLACK])
+def test_a_call_never_outlives_its_budget(wanted: float) -> None:
+    clock = FakeClock()
+    started = clock.now
+    policy = RetryPolicy()
+    attempts = Attempts(policy, clock=clock)
+    made = run_failing(attempts, clock, wanted, BrokerUnreachable("timed out"))
+    # Retried while time is left; an attempt that took the whole budget is the last.
+    assert made >= (2 if wanted < policy.total_seconds else 1)
+    assert clock.now - started <= policy.total_seconds + 1e-9
+
+
+def test_a_long_poll_gets_its_wait_on_top_of_the_budget() -> None:
+    clock = FakeClock()
+    started = clock.now
+    attempts = Attempts(RetryPolicy(total_seconds=10), wait_seconds=20, clock=clock)
+    # The first attempt may wait the whole poll plus the answer slack.
+    assert attempts.timeout(20 + ANSWER_SLACK) == 30
+    made = run_failing(attempts, clock, 20 + ANSWER_SLACK, StoreUnavailable("503"))
+    assert made == 1  # no room left for another 20 s poll
+    assert clock.now - started <= 30 + 1e-9
+    # Retried early enough, a poll still gets at least its wait.
+    clock = FakeClock()
+    attempts = Attempts(RetryPolicy(total_seconds=10), wait_seconds=20, clock=clock)
+    clock.now += 0.01
+    clock.now += attempts.failed(BrokerUnreachable("refused"))
+    assert attempts.timeout(20 + ANSWER_SLACK) >= 21
+
+
+def test_a_retried_push_is_deduplicated_for_longer_than_any_budget() -> None:
+    """Client retry keys deduplicate for RETRY_KEY_SECONDS after their job left the
+    queue. A push committed by its first attempt (answer lost) and committed again by
+    the budget's last attempt must still meet its key: the budget is at most half that
+    window, the rest covering the broker's own time and clock skew between brokers."""
+    assert MAX_RETRY_SECONDS * 2 <= RETRY_KEY_SECONDS
+    assert RetryPolicy().total_seconds <= MAX_RETRY_SECONDS
+    with pytest.raises(InvalidRequest, match=str(RETRY_KEY_SECONDS)):
+        RetryPolicy(total_seconds=MAX_RETRY_SECONDS + 1)
+    # Pushes never long-poll, so their whole retry fits in total_seconds (see above).
+    assert calls.push_call([PushItem(1)]).wait_seconds == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"total_seconds": 0},
+        {"total_seconds": -1},
+        {"attempts": 0},
+        {"base_seconds": 0},
+        {"base_seconds": 3, "cap_seconds": 1},
+    ],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
+)
+def test_nonsense_policies_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(InvalidRequest, match="RetryPolicy"):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 
 def test_payload_round_trips_through_the_wire_encoding() -> None:

@@ -33,17 +33,17 @@ class AsyncClient(ClientBase):
         self._closed = asyncio.Event()
 
     async def _execute(self, call: Call[T]) -> T:
-        attempts = Attempts(self._retry)
+        attempts = Attempts(self._retry, call.wait_seconds)
         while True:
             try:
                 endpoint = await asyncio.to_thread(self._target.endpoint, attempts.refresh)
                 if isinstance(endpoint, LocalEndpoint):
                     return await arun_local(endpoint.engine, call)
-                return await self._send(endpoint, call)
+                return await self._send(endpoint, call, attempts.timeout(read_timeout(call)))
             except ObqueError as exc:
                 await asyncio.sleep(attempts.failed(exc))
 
-    async def _send(self, endpoint: HttpEndpoint, call: Call[T]) -> T:
+    async def _send(self, endpoint: HttpEndpoint, call: Call[T], timeout: float) -> T:
         import httpx
 
         if self._http is None:
@@ -57,7 +57,7 @@ class AsyncClient(ClientBase):
                 request.url,
                 content=request.body,
                 headers=request.headers,
-                timeout=httpx.Timeout(read_timeout(call), connect=self._connect_timeout),
+                timeout=httpx.Timeout(timeout, connect=min(timeout, self._connect_timeout)),
             )
         except httpx.TransportError as exc:
             raise BrokerUnreachable(f"broker {endpoint.url} unreachable: {exc!r}") from exc

@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from obque.client.retry import GatewayError
 from obque.core import (
     Ack,
     Claim,
@@ -314,7 +315,10 @@ def error_from_body(status: int, body: bytes, url: str) -> ObqueError:
         text = body[:200].decode("utf-8", "replace").strip()
         if status in (401, 403):
             return Unauthorized(f"{url} refused the credentials ({status}): {text}")
-        if status >= 500 or status == 429:
+        if status >= 500:
+            # Not the broker's own answer: re-read the queue file before retrying.
+            return GatewayError(f"{url} answered {status}: {text}")
+        if status == 429:
             return StoreUnavailable(f"{url} answered {status}: {text}")
         return InvalidRequest(f"{url} answered {status}: {text}")
     if code == "not_leader":

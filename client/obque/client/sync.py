@@ -44,23 +44,23 @@ class Client(ClientBase):
     # -- executing calls --------------------------------------------------------------
 
     def _execute(self, call: Call[T]) -> T:
-        attempts = Attempts(self._retry)
+        attempts = Attempts(self._retry, call.wait_seconds)
         while True:
             try:
                 endpoint = self._target.endpoint(attempts.refresh)
                 if isinstance(endpoint, LocalEndpoint):
                     return run_local(endpoint.engine, call)
-                return self._send(endpoint, call)
+                return self._send(endpoint, call, attempts.timeout(read_timeout(call)))
             except ObqueError as exc:
                 time.sleep(attempts.failed(exc))
 
-    def _send(self, endpoint: HttpEndpoint, call: Call[T]) -> T:
+    def _send(self, endpoint: HttpEndpoint, call: Call[T], timeout: float) -> T:
         import httpx
 
         with self._http_lock:  # threads share a client; only one may make its pool
             if self._http is None:
-                timeout = httpx.Timeout(30.0, connect=self._connect_timeout)
-                self._http = httpx.Client(timeout=timeout)
+                default = httpx.Timeout(30.0, connect=self._connect_timeout)
+                self._http = httpx.Client(timeout=default)
         request = build_request(endpoint, call, self._auth_for(endpoint.url))
         try:
             response = self._http.request(
@@ -68,7 +68,7 @@ class Client(ClientBase):
                 request.url,
                 content=request.body,
                 headers=request.headers,
-                timeout=httpx.Timeout(read_timeout(call), connect=self._connect_timeout),
+                timeout=httpx.Timeout(timeout, connect=min(timeout, self._connect_timeout)),
             )
         except httpx.TransportError as exc:
             raise BrokerUnreachable(f"broker {endpoint.url} unreachable: {exc!r}") from exc

@@ -139,9 +139,10 @@ resource "google_cloudfunctions2_function" "broker" {
     service_account_email            = google_service_account.broker.email
     environment_variables = {
       OBQUE_ROOT = "gs://${google_storage_bucket.queues.name}/"
-      OBQUE_MODE = "serverless"
-      # functions-framework serves the target as ASGI (the FastAPI app).
-      FUNCTION_USE_ASGI = "true"
+      # The service account may touch only these queues' objects (not list the bucket).
+      OBQUE_QUEUES = join(",", var.queues)
+      # No FUNCTION_USE_ASGI: the target is registered with functions_framework.aio.http,
+      # which makes it ASGI however the runtime launches functions-framework.
     }
   }
 

@@ -147,7 +147,9 @@ class ObqueStack(cdk.Stack):
     def _broker_environment(self) -> dict[str, str]:
         environment = {
             "OBQUE_ROOT": f"s3://{self.bucket.bucket_name}/",
-            "OBQUE_MODE": "serverless",
+            # The role may touch only these queues' objects (not list the bucket), so the
+            # broker lists its queues from here.
+            "OBQUE_QUEUES": ",".join(self.settings.queues),
         }
         if self.settings.auth == "token":
             assert self.settings.token is not None

@@ -112,7 +112,7 @@ def test_broker_function(template: Template) -> None:
             "Environment": {
                 "Variables": {
                     "OBQUE_ROOT": {"Fn::Join": ["", ["s3://", {"Ref": Match.any_value()}, "/"]]},
-                    "OBQUE_MODE": "serverless",
+                    "OBQUE_QUEUES": "queue",
                 }
             },
             "LoggingConfig": {"LogGroup": {"Ref": Match.any_value()}},
@@ -230,6 +230,14 @@ def test_custom_resource_creates_each_queue(tmp_path: Path) -> None:
         if f["Properties"]["Handler"] == RESOURCE_HANDLER
     ]
     assert init[0]["Properties"]["Architectures"] == ["arm64"]
+    # The broker lists the deployment's queues from its environment, not from the bucket
+    # (its role may not list the bucket root).
+    (broker,) = [
+        f
+        for f in assembly.resources("AWS::Lambda::Function").values()
+        if f["Properties"]["Handler"] == BROKER_HANDLER
+    ]
+    assert broker["Properties"]["Environment"]["Variables"]["OBQUE_QUEUES"] == "emails,videos"
     # The initialiser reads and writes the queue files, and nothing else in S3.
     init_statements = [
         s

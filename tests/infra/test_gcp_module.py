@@ -131,7 +131,8 @@ def test_function_is_second_gen_python312_concurrent_and_small(module: dict[str,
     assert service["service_account_email"] == "${google_service_account.broker.email}"
     env = service["environment_variables"]
     assert env["OBQUE_ROOT"] == "gs://${google_storage_bucket.queues.name}/"
-    assert env["OBQUE_MODE"] == "serverless"
+    assert env["OBQUE_QUEUES"] == '${join(",", var.queues)}'
+    assert "OBQUE_MODE" not in env  # the entry point decides
     variables = _variables(module)
     assert variables["concurrency"]["default"] > 1
     assert variables["cpu"]["default"] == "1"  # concurrency > 1 needs a whole vCPU
@@ -282,8 +283,10 @@ def test_function_source(tmp_path: Path) -> None:
 
 
 def test_function_source_serves_as_the_module_configures_it(tmp_path: Path) -> None:
-    """functions-framework started as Cloud Functions starts it (target and port only), with
-    the environment the module sets: ASGI through FUNCTION_USE_ASGI, not a flag."""
+    """functions-framework started with the target and port only (no ``--asgi``, no
+    ``FUNCTION_USE_ASGI``) and the environment the module sets: the WSGI ``create_app()``
+    path a runtime launcher may take must still serve the ASGI app, because the target
+    is registered with ``functions_framework.aio.http``."""
     from obque_infra.gcp_source import ENTRY_POINT, build_gcp_source
 
     server = Path(sys.executable).with_name("functions-framework")
@@ -292,6 +295,8 @@ def test_function_source_serves_as_the_module_configures_it(tmp_path: Path) -> N
     function = _resources(_load(MODULE / "main.tf"), "google_cloudfunctions2_function")
     environment = dict(function["broker"]["service_config"][0]["environment_variables"])
     assert environment.pop("OBQUE_ROOT").startswith("gs://")
+    assert environment.pop("OBQUE_QUEUES") == '${join(",", var.queues)}'
+    assert "FUNCTION_USE_ASGI" not in environment
     source = build_gcp_source(out=tmp_path / "gcp-function")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -299,6 +304,7 @@ def test_function_source_serves_as_the_module_configures_it(tmp_path: Path) -> N
     env = hermetic_env(
         **environment,
         OBQUE_ROOT=f"file://{tmp_path / 'queues'}/",
+        OBQUE_QUEUES="queue",
         FUNCTION_TARGET=ENTRY_POINT,
         PORT=str(port),
         HOST="127.0.0.1",
@@ -331,6 +337,8 @@ def test_function_source_serves_as_the_module_configures_it(tmp_path: Path) -> N
         with urllib.request.urlopen(request, timeout=10) as answer:
             assert answer.status == 201
             assert json.loads(answer.read())["name"] == "queue"
+        with urllib.request.urlopen(f"{url}/v1/queues", timeout=10) as answer:
+            assert [q["name"] for q in json.loads(answer.read())["queues"]] == ["queue"]
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)

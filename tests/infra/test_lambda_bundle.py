@@ -188,7 +188,7 @@ def test_the_bundle_runs_both_handlers(s3: S3Server, cfn_responses: CfnResponses
         # -I -S: the bundle and the standard library, nothing else of this host.
         [python, "-I", "-S", "-c", _RUNNER, str(bundle)],
         input=json.dumps(request),
-        env=hermetic_env(**s3.env, OBQUE_ROOT=f"s3://{bucket}/", OBQUE_MODE="serverless"),
+        env=hermetic_env(**s3.env, OBQUE_ROOT=f"s3://{bucket}/", OBQUE_QUEUES="queue"),
         capture_output=True,
         text=True,
         timeout=300,

@@ -71,7 +71,8 @@ def test_functions_match_the_cdk_stack(template: dict[str, Any]) -> None:
         assert props["CodeUri"] == ".build/aws-lambda/"
     broker = by_handler[BROKER_HANDLER]
     assert broker["FunctionUrlConfig"]["AuthType"] == "AWS_IAM"
-    assert broker["Environment"]["Variables"]["OBQUE_MODE"] == "serverless"
+    assert broker["Environment"]["Variables"]["OBQUE_QUEUES"] == {"Ref": "QueueName"}
+    assert "OBQUE_MODE" not in broker["Environment"]["Variables"]  # the entry point decides
     assert broker["Environment"]["Variables"]["OBQUE_ROOT"] == {"Fn::Sub": "s3://${QueueBucket}/"}
 
 

@@ -1,6 +1,10 @@
 """Google Cloud Functions (2nd gen) / Cloud Run entry point: ``obque.broker.gcp.handler``.
 
-functions-framework 3.10+ serves it as ASGI (``--asgi --target handler``).
+The target is registered with ``functions_framework.aio.http``, so functions-framework
+(3.10+) serves it as ASGI however it is started: ``functions-framework --asgi`` (or
+``FUNCTION_USE_ASGI``) builds the ASGI app directly, and a launcher that calls the WSGI
+``create_app()`` (as the Cloud Functions runtime may) detects the decorator and hands
+over to the same ASGI app. Without it, that launcher would serve the target through Flask.
 An instance handles many requests at once (concurrency > 1), so they share the in-process
 group-commit engine; GCS allows about one write per second per object, which the
 ``gs://`` store advertises and the engine's pacing respects (``min_write_interval``).
@@ -18,6 +22,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import functions_framework.aio
 from starlette.requests import Request
 from starlette.types import ASGIApp
 
@@ -40,6 +45,9 @@ def _app() -> ASGIApp:
     return app
 
 
+# The stubs promise a Response; what the wrapper really needs is an ASGI callable, which
+# it passes through to Starlette (see the docstring below).
+@functions_framework.aio.http  # type: ignore[arg-type]
 async def handler(request: Request) -> ASGIApp:
     """The functions-framework target.
 

@@ -316,8 +316,22 @@ class QueueEngine:
             self._thread.start()
 
     def _idle_timeout(self) -> float | None:
+        """How long an idle writer sleeps. A leader wakes when its next heartbeat is due,
+        counted from the last heartbeat it wrote -- not from its last commit, which may
+        have carried none (counting from there let a heartbeat come up to twice
+        ``timeout / 3`` after the previous one). A standby looks for a stale leader every
+        ``timeout / 3``."""
         lead = self.leadership
-        return None if lead is None else lead.timeout_s / 3
+        if lead is None:
+            return None
+        every = lead.heartbeat_every_s
+        if not lead.is_leader:
+            return every
+        # 2 ms past due, so that the heartbeat is due by the clock the writer reads then.
+        due = lead.last_heartbeat_ms / 1000 + every - self.clock() + 0.002
+        # Overdue: writing the last one failed; try again soon, but not in a tight loop.
+        return min(every, due) if due > 0 else every / 10
+
 
     def _write_loop(self) -> None:
         if self.leadership is not None:

@@ -2,9 +2,11 @@
 
 A long-running broker becomes the queue's broker by committing a ``broker`` record with
 its URL, a fresh ``id`` and ``epoch + 1``. It refreshes ``heartbeat_ms`` at least every
-``timeout / 3`` (piggy-backed on ordinary commits). Another broker takes over only when
-that heartbeat is older than ``timeout`` -- or at once when the record names its own URL,
-since whoever advertised that address before can no longer be listening on it.
+``timeout / 3``: piggy-backed on ordinary commits, and written on its own when that much
+time has passed since the last one (the engine's idle writer wakes for it). Another broker
+takes over only when that heartbeat is older than ``timeout`` -- or at once when the record
+names its own URL, since whoever advertised that address before can no longer be listening
+on it.
 
 Every commit starts from the state it will write over; if that state names another
 broker, this one is *fenced*: it never commits again and answers ``NotLeader`` with the
@@ -32,6 +34,11 @@ class Leadership:
     epoch: int | None = None
     fenced_by: str | None = None
     last_heartbeat_ms: int = 0
+
+    @property
+    def heartbeat_every_s(self) -> float:
+        """The longest a leader lets pass between two heartbeats it writes."""
+        return self.timeout_s / 3
 
     @property
     def is_leader(self) -> bool:
@@ -71,7 +78,7 @@ class Leadership:
 
     def heartbeat_op(self, now_ms: int) -> Advertise | None:
         """A heartbeat to piggy-back on this commit, when one is due."""
-        if self.epoch is None or now_ms - self.last_heartbeat_ms < self.timeout_s * 1000 / 3:
+        if self.epoch is None or now_ms - self.last_heartbeat_ms < self.heartbeat_every_s * 1000:
             return None
         return Advertise(BrokerRecord(self.url, "process", self.broker_id, self.epoch, now_ms))
 

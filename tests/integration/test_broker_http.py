@@ -10,10 +10,13 @@ import asyncio
 import itertools
 import json
 import re
-import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection, HTTPException
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +33,7 @@ from broker_proc import (  # noqa: E402
     attach_logs,
     free_port,
     read_queue_file,
+    wait_until,
 )
 
 pytest_plugins = ["broker_proc"]
@@ -1116,13 +1120,60 @@ def test_restarted_broker_resumes_from_the_queue_file(brokers: BrokerFactory) ->
     assert "Traceback" not in second.log()
 
 
-def test_sigterm_shuts_down_cleanly(brokers: BrokerFactory) -> None:
-    broker = brokers.start(brokers.root())
+def _read_by_server(port: int) -> int:
+    """Established connections to ``port`` whose bytes the server has all read
+    (``/proc/net/tcp``: local port ``port``, state 01, receive queue empty)."""
+    drained = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, queues = fields[1], fields[3], fields[4]
+        if int(local.rpartition(":")[2], 16) == port and state == "01":
+            drained += int(queues.partition(":")[2], 16) == 0
+    return drained
+
+
+def _push_raw(port: int, payload: int, sent: threading.Semaphore) -> tuple[int, str]:
+    """One push on its own connection; ``sent`` is released once the whole request left."""
+    body = json.dumps({"jobs": [{"payload": payload}]})
+    conn = HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        try:
+            conn.request("POST", "/v1/queues/q/push", body, {"Content-Type": "application/json"})
+        finally:
+            sent.release()
+        answer = conn.getresponse()
+        return answer.status, answer.read().decode()
+    except (OSError, HTTPException) as exc:
+        return 0, repr(exc)  # refused or closed before an answer
+    finally:
+        conn.close()
+
+
+def test_sigterm_answers_every_push_in_flight_then_exits_0(brokers: BrokerFactory) -> None:
+    # Writes of the queue file at least 2 s apart: the pushes below all wait for the
+    # commit after the leadership one, so SIGTERM lands while every one is in flight.
+    broker = brokers.start(brokers.root(query="latency=s3&min_write_interval_ms=2000"))
     with broker.client() as client:
         assert client.put("/v1/queues/q").status_code == 201
-        push(client, "q", {"payload": 1})
-    code = broker.stop()
-    assert code in (0, -signal.SIGTERM), broker.log()
-    assert "Traceback" not in broker.log()
+    n = 50
+    sent = threading.Semaphore(0)
+    with ThreadPoolExecutor(n) as pool:
+        answers = [pool.submit(_push_raw, broker.port, i, sent) for i in range(n)]
+        for _ in range(n):
+            assert sent.acquire(timeout=30), "a push could not be sent"
+        # Sent is not yet accepted: wait until the broker has read every request.
+        wait_until(lambda: _read_by_server(broker.port) >= n, timeout=30, what="the broker reading")
+        if read_queue_file(brokers.root_dir(), "q")["jobs"]:
+            pytest.fail("the pushes committed before SIGTERM: the test proves nothing")
+        code = broker.stop(timeout=60)
+        outcomes = [answer.result() for answer in answers]
+    log = broker.log()
+    assert code == 0, (code, log)  # drained, not killed by the signal
+    assert "Traceback" not in log and "timeout graceful shutdown" not in log, log
+    assert [status for status, _ in outcomes] == [200] * n, outcomes
+    answered = {json.loads(text)["ids"][0] for _, text in outcomes}
     state = read_queue_file(brokers.root_dir(), "q")
-    assert len(state["jobs"]) == 1
+    assert {job["id"] for job in state["jobs"]} == answered
+    assert sorted(job["payload"] for job in state["jobs"]) == list(range(n))
+    # Drained first, then withdrew its URL: the next broker need not wait.
+    assert (state["broker"]["url"], state["broker"]["heartbeat_ms"]) == ("", 0)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import socket
+from types import FrameType
 
 from obque.broker.app import create_app
 from obque.broker.settings import BrokerSettings
@@ -58,6 +60,14 @@ def serve(
         ) from exc
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    # uvicorn drains on SIGTERM (no new connections, in-flight requests answered, then the
+    # lifespan shutdown commits what is pending and withdraws the URL), and then re-raises
+    # the signal so that the process dies of it: exit status -15 / 143, which a supervisor
+    # cannot tell from a broker killed mid-commit. uvicorn re-raises into the handler that
+    # was in place before it started, so this one turns a drained shutdown into exit 0. A
+    # SIGTERM that comes before uvicorn listens ends the process at once, as cleanly:
+    # nothing has been served yet.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         create_app(settings),
         host=host,
@@ -68,3 +78,7 @@ def serve(
         log_level=log_level,
         timeout_graceful_shutdown=30,
     )
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)

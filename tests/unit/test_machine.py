@@ -846,6 +846,8 @@ def test_configure_rejects_an_unknown_setting_naming_it() -> None:
         ("max_payload_bytes", 4 * 1024 * 1024 + 1, 1, 4_194_304),
         ("dedup_seconds", 7 * 86_400 + 1, 0, 604_800),
         ("max_jobs", 0, 1, 1_000_000),
+        ("max_inline_bytes", 1023, 1024, 1_073_741_824),
+        ("max_inline_bytes", 2**30 + 1, 1024, 1_073_741_824),
         # A JSON integer too big for a float.
         pytest.param("max_jobs", 10**400, 1, 1_000_000, id="max_jobs-huge-int"),
     ],
@@ -1148,3 +1150,132 @@ def test_expiry_sweep_is_linear_in_jobs(half_claimed: QueueState) -> None:
     lines = lines_run_in_machine(sweep, PER_JOB * JOBS)
     assert after[0].stats.expired == HELD
     assert lines <= PER_JOB * JOBS
+
+
+# -- max_inline_bytes: payload bytes held in the file ---------------------------------
+
+
+def spilled_job(payload_bytes: int, n: int) -> NewJob:
+    """A job as the engine pushes it once its payload went to its own object."""
+    name = f"payloads/{T0:013d}-{n:016x}.json"
+    return NewJob(payload=msgspec.Raw(b"null"), spilled=name, spilled_bytes=payload_bytes)
+
+
+def summed_inline_bytes(state: QueueState) -> int:
+    """What ``inline_bytes`` must be, counted from scratch."""
+    return sum(
+        len(job.payload) + len(job.spilled or "") for job in (*state.jobs.values(), *state.dead)
+    )
+
+
+def test_max_inline_bytes_answers_queue_full_naming_the_limit_and_the_size() -> None:
+    state, _ = push(queue(max_inline_bytes=1100), "x" * 498, "y" * 498)  # 500 B each
+    assert state.inline_bytes == 1000
+    state, results = commit(state, Push.of([NewJob.of("z" * 198)]), Push.of([NewJob.of("small")]))
+    refused = results[0]
+    assert isinstance(refused, OpError) and refused.code == "queue_full", refused
+    assert "max_inline_bytes of 1100" in refused.message
+    assert "holds 1000 bytes" in refused.message and "200 more" in refused.message
+    assert as_push(results[1]).ids == ("3",)  # the rest of the batch still applies
+    assert state.inline_bytes == 1007
+
+    # Room comes back when a job leaves the file.
+    state, [job] = claim(state)
+    state, _ = ack(state, job)
+    assert state.inline_bytes == 507
+    state, [result] = commit(state, Push.of([NewJob.of("z" * 198)]))
+    assert as_push(result).ids == ("4",)
+    assert state.inline_bytes == summed_inline_bytes(state) == 707
+
+
+def test_a_spilled_payload_counts_only_the_name_that_stands_for_it() -> None:
+    big = 200_000  # far above the limit, but not in the file
+    state, [result] = commit(queue(max_inline_bytes=1024), Push.of([spilled_job(big, 1)]))
+    assert as_push(result).ids == ("1",)
+    [job] = state.jobs.values()
+    assert state.inline_bytes == len(b"null") + len(job.spilled or "") < 100
+
+
+def test_dead_letters_count_until_they_are_dropped_purged_or_redriven() -> None:
+    state, _ = push(queue(max_attempts=1, dead_retention=2), "a" * 98, "b" * 98, "c" * 98)
+    state, jobs = claim(state, 3)
+    for job in jobs:
+        state, _ = nack(state, job)
+    # Three buried, the oldest dropped by dead_retention: two remain, 100 bytes each.
+    assert len(state.dead) == 2 and state.inline_bytes == 200
+    state, _ = commit(state, Redrive(("2",)))
+    assert list(state.jobs) == ["2"] and state.inline_bytes == 200
+    state, _ = commit(state, Purge())
+    assert state.inline_bytes == 100 == summed_inline_bytes(state)
+
+
+def test_inline_bytes_follow_every_operation_and_survive_a_round_trip() -> None:
+    """A long mixed history: after every commit the running total equals a recount, and
+    a decoded file (which sums it afresh) agrees."""
+    import random
+
+    rng = random.Random(5)
+    state = queue(max_attempts=2, dead_retention=5, lease_seconds=1)
+    now = T0
+    held: list[ClaimedJob] = []
+    for step in range(400):
+        now += rng.choice((0, 0, 10, 600, 1500))  # sometimes past the 1 s lease
+        roll = rng.random()
+        if roll < 0.35:
+            size = rng.choice((0, 10, 300, 5000))
+            jobs = [
+                spilled_job(100_000, step) if rng.random() < 0.2 else NewJob.of("p" * size)
+                for _ in range(rng.randint(1, 3))
+            ]
+            ops: list[Op] = [Push.of(jobs)]
+        elif roll < 0.6:
+            ops = [Claim.of("w", rng.randint(1, 4))]
+        elif roll < 0.8 and held:
+            job = held.pop(rng.randrange(len(held)))
+            settle = rng.choice(("ack", "nack", "dead"))
+            if settle == "ack":
+                ops = [Ack.of([LeaseRef.of(job.id, job.lease)])]
+            else:
+                ops = [Nack.of([NackItem.of(job.id, job.lease, 0, dead=settle == "dead")])]
+        else:
+            ops = [rng.choice([Redrive(), Purge(), Redrive(("1", "2", "3"))])]
+        state, results = commit(state, *ops, now=now)
+        for result in results:
+            if isinstance(result, ClaimResult):
+                held.extend(result.jobs)
+        assert state.inline_bytes == summed_inline_bytes(state), step
+    assert state.stats.dead > 0 and state.stats.acked > 0 and state.stats.expired > 0
+    assert decode_state(encode_state(state), "q").inline_bytes == state.inline_bytes > 0
+
+
+def test_inline_bytes_are_summed_once_per_decode_never_per_commit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Commit cost stays O(jobs + batch): the total is carried from state to state, and
+    only decoding a file (or building a state without it) counts every job."""
+    import obque.core.state as state_module
+
+    state, _ = commit(queue(), *[Push.of([NewJob.of(n) for n in range(1000)])] * 3)
+    data = encode_state(state)
+    counted: list[int] = []
+    real = state_module.job_inline_bytes
+
+    def spy(job: Any) -> int:
+        counted.append(1)
+        return real(job)
+
+    monkeypatch.setattr(state_module, "job_inline_bytes", spy)
+    decoded = decode_state(data, "q")
+    assert len(counted) == 3000 and decoded.inline_bytes == state.inline_bytes
+    counted.clear()
+    after, [result] = commit(decoded, Push.of([NewJob.of("one more")]))
+    after, _ = claim(after, 100)
+    assert as_push(result).ids == ("3001",)
+    assert counted == []
+    assert after.inline_bytes == decoded.inline_bytes + len(b'"one more"')
+
+
+def test_max_inline_bytes_defaults_to_64_mib_and_is_configurable() -> None:
+    assert QueueConfig().max_inline_bytes == 64 * 1024 * 1024
+    _, [result] = commit(queue(), Configure.of({"max_inline_bytes": 2048.0}))
+    assert isinstance(result, ConfigResult) and result.config.max_inline_bytes == 2048

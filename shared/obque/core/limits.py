@@ -46,6 +46,10 @@ MAX_PAYLOAD_BYTES_LIMIT = 4 * 1024 * 1024
 MIN_SPILL_PAYLOAD_BYTES = 1024
 #: Ceiling for a queue's ``max_jobs`` setting; every commit rewrites every job.
 MAX_JOBS_LIMIT = 1_000_000
+#: Range of a queue's ``max_inline_bytes`` setting (payload bytes held in the file): at
+#: the ceiling every commit rewrites a file of over a gigabyte.
+MIN_INLINE_BYTES = 1024
+MAX_INLINE_BYTES_LIMIT = 1024 * 1024 * 1024
 #: Ceilings for a queue's ``dead_retention`` and ``dedup_seconds`` settings.
 MAX_DEAD_RETENTION = 1_000_000
 MAX_DEDUP_SECONDS = 7 * 86_400

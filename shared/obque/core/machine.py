@@ -50,7 +50,7 @@ from obque.core.ops import (
     Redrive,
     Result,
 )
-from obque.core.state import QueueState
+from obque.core.state import QueueState, job_inline_bytes
 
 __all__ = ["apply", "lease_token", "retry_delay_ms"]
 
@@ -105,6 +105,8 @@ class _Commit:
         self.applied = state.applied.copy()
         self.counters = dict.fromkeys(Stats.__struct_fields__, 0)
         self.released: list[str] = []
+        #: ``QueueState.inline_bytes``, kept up to date by every job added or removed.
+        self.inline_bytes = state.inline_bytes
         #: Did any operation change the queue? If not, there is nothing to write.
         self.changed = False
         # Claim cursor over the FIFO, built on the first claim of the commit.
@@ -135,6 +137,7 @@ class _Commit:
             keys=self.keys,
             extras=self.base.extras,
             released=tuple(self.released),
+            inline_bytes=self.inline_bytes,
         )
 
     def run(self, op: Op) -> Result:
@@ -239,6 +242,15 @@ class _Commit:
                 f"queue {self.base.name!r} holds {len(self.jobs)} jobs; max_jobs is "
                 f"{self.config.max_jobs}",
             )
+        adding = sum(new.inline_bytes for new in op.jobs)
+        if self.inline_bytes + adding > self.config.max_inline_bytes:
+            return OpError(
+                "queue_full",
+                f"queue {self.base.name!r} holds {self.inline_bytes} bytes of payloads in its "
+                f"file; {adding} more would pass max_inline_bytes of "
+                f"{self.config.max_inline_bytes} (payloads above spill_payload_bytes are "
+                "stored beside the file and count only their name)",
+            )
         ids: list[str] = []
         duplicates: list[str] = []
         for new in op.jobs:
@@ -274,6 +286,7 @@ class _Commit:
     def _append(self, job: Job) -> None:
         self.changed = True
         self.jobs[job.id] = job
+        self.inline_bytes += job_inline_bytes(job)
         if job.key is not None:
             self.keys.setdefault(job.key, job.id)
         if self._order is not None:
@@ -370,6 +383,7 @@ class _Commit:
         del self.jobs[job.id]
         self._remember_key(job)
         self._release([job])
+        self.inline_bytes -= job_inline_bytes(job)
         self.counters["acked"] += 1
         return ItemResult(job.id, True)
 
@@ -401,6 +415,7 @@ class _Commit:
         overflow = len(self.dead) - self.config.dead_retention
         if overflow > 0:
             self._release(self.dead[:overflow])
+            self.inline_bytes -= sum(map(job_inline_bytes, self.dead[:overflow]))
             del self.dead[:overflow]
             self.counters["dead_dropped"] += overflow
 
@@ -412,11 +427,12 @@ class _Commit:
         self.changed = self.changed or bool(self.dead)
         if ids is None:
             taken, self.dead = self.dead, []
-            return taken
-        wanted = set(ids)
-        taken = [job for job in self.dead if job.id in wanted]
-        if taken:
-            self.dead = [job for job in self.dead if job.id not in wanted]
+        else:
+            wanted = set(ids)
+            taken = [job for job in self.dead if job.id in wanted]
+            if taken:
+                self.dead = [job for job in self.dead if job.id not in wanted]
+        self.inline_bytes -= sum(map(job_inline_bytes, taken))  # redrive adds them back
         return taken
 
     def redrive(self, ids: tuple[str, ...] | None) -> int:

@@ -83,6 +83,11 @@ class QueueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: (written at push, fetched at claim, deleted when the job leaves), which keeps
     #: the file -- rewritten by every commit -- small.
     spill_payload_bytes: int = 16_384
+    #: Pushes that would take the payload bytes held in the file -- live jobs and dead
+    #: letters; a spilled payload counts as its object's name -- beyond this answer
+    #: ``queue_full``. ``max_jobs`` alone would let 100,000 payloads of up to
+    #: ``spill_payload_bytes`` make a 1.6 GB file, rewritten by every commit.
+    max_inline_bytes: int = 64 * 1024 * 1024
 
 
 class Stats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

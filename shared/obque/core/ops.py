@@ -129,6 +129,11 @@ class NewJob:
     def size(self) -> int:
         return self.spilled_bytes if self.spilled is not None else len(self.payload)
 
+    @property
+    def inline_bytes(self) -> int:
+        """What the job will add to the queue file (see ``state.job_inline_bytes``)."""
+        return len(self.payload) + (len(self.spilled) if self.spilled is not None else 0)
+
     @classmethod
     def of(
         cls,
@@ -290,6 +295,7 @@ _CONFIG_RANGES: dict[str, tuple[type, float, float]] = {
     "dedup_seconds": (int, 0, limits.MAX_DEDUP_SECONDS),
     "max_jobs": (int, 1, limits.MAX_JOBS_LIMIT),
     "spill_payload_bytes": (int, limits.MIN_SPILL_PAYLOAD_BYTES, limits.MAX_PAYLOAD_BYTES_LIMIT),
+    "max_inline_bytes": (int, limits.MIN_INLINE_BYTES, limits.MAX_INLINE_BYTES_LIMIT),
 }
 
 

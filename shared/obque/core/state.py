@@ -13,7 +13,13 @@ from typing import Any
 
 from obque.core.model import Applied, BrokerRecord, Job, QueueConfig, Stats
 
-__all__ = ["Extras", "QueueState"]
+__all__ = ["Extras", "QueueState", "job_inline_bytes"]
+
+
+def job_inline_bytes(job: Job) -> int:
+    """What a job's payload adds to the queue file: its raw JSON, or for a payload spilled
+    to its own object, the ``null`` and the object's name that stand for it."""
+    return len(job.payload) + (len(job.spilled) if job.spilled is not None else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,17 @@ class QueueState:
     #: (jobs acked, purged, dropped from the dead list): deleted once it has landed.
     #: Never stored in the file.
     released: tuple[str, ...] = ()
+    #: Derived: ``job_inline_bytes`` summed over live jobs and dead letters (what
+    #: ``max_inline_bytes`` bounds). Summed once when a file is decoded (left at -1);
+    #: every commit then carries it forward by what each operation added or removed.
+    inline_bytes: int = -1
+
+    def __post_init__(self) -> None:
+        if self.inline_bytes < 0:
+            total = sum(map(job_inline_bytes, self.jobs.values())) + sum(
+                map(job_inline_bytes, self.dead)
+            )
+            object.__setattr__(self, "inline_bytes", total)
 
     @classmethod
     def new(
@@ -83,6 +100,7 @@ class QueueState:
             applied={},
             stats=Stats(),
             keys={},
+            inline_bytes=0,
         )
 
     def counts(self, now_ms: int) -> dict[str, int]:

@@ -5,11 +5,20 @@ raw JSON from the request to the queue file and back, and the push path does no 
 Python work. The same structs generate the OpenAPI schemas (``schema_components``), so the
 published schema is exactly what the decoder enforces. Unknown fields are refused, so a
 misspelt option is an error rather than silently ignored.
+
+Integer fields accept what JSON Schema calls an integer: ``3``, and also ``3.0`` or
+``3e0``, which many JSON encoders write for a whole number (JavaScript, SQS and Cloud
+Tasks clients). msgspec's ``int`` wants the literal ``3``, so such a field is declared
+as raw JSON carrying the published integer schema, and ``_WholeNumbers.__post_init__``
+turns it into an ``int`` while decoding (``3.5``, ``"3"``, ``true`` and out-of-range
+values are refused naming the field). Type checkers see the ``int`` it ends up as.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import functools
+import typing
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
@@ -53,7 +62,21 @@ Key = Annotated[str, _M(min_length=1, max_length=limits.MAX_KEY_CHARS)]
 Worker = Annotated[str, _M(min_length=1, max_length=limits.MAX_WORKER_CHARS)]
 LeaseSeconds = Annotated[float, _M(ge=limits.MIN_LEASE_SECONDS, le=limits.MAX_LEASE_SECONDS)]
 DelaySeconds = Annotated[float, _M(ge=0, le=limits.MAX_DELAY_SECONDS)]
-Attempts = Annotated[int, _M(ge=1, le=limits.MAX_ATTEMPTS_LIMIT)]
+
+if TYPE_CHECKING:
+    _Whole = int
+    _WholeOrNone = int | None
+else:  # raw JSON on the wire, an int once decoded (see the module docstring)
+    _Whole = _WholeOrNone = msgspec.Raw
+
+
+def _integer(low: int, high: int, *, null: bool = True) -> msgspec.Meta:
+    """The published schema of a whole-number field of ``low..high``."""
+    schema: dict[str, Any] = {"type": "integer", "minimum": low, "maximum": high}
+    return _M(extra_json_schema={"anyOf": [schema, {"type": "null"}]} if null else schema)
+
+
+Attempts = Annotated[_WholeOrNone, _integer(1, limits.MAX_ATTEMPTS_LIMIT)]
 
 
 def _batch(item: Any) -> Any:
@@ -64,24 +87,62 @@ class _In(msgspec.Struct, forbid_unknown_fields=True):
     pass
 
 
+@functools.cache
+def _whole_fields(cls: type) -> tuple[tuple[str, int, int, bool], ...]:
+    """``(field, low, high, nullable)`` of each whole-number field, read from its schema."""
+    found = []
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        if typing.get_origin(hint) is not Annotated or typing.get_args(hint)[0] is not msgspec.Raw:
+            continue
+        schema = typing.get_args(hint)[1].extra_json_schema
+        nullable = "anyOf" in schema
+        bounds = schema["anyOf"][0] if nullable else schema
+        found.append((name, bounds["minimum"], bounds["maximum"], nullable))
+    return tuple(found)
+
+
+class _WholeNumbers(_In):
+    def __post_init__(self) -> None:
+        for name, low, high, nullable in _whole_fields(type(self)):
+            raw = getattr(self, name)
+            if isinstance(raw, msgspec.Raw):  # sent (otherwise the field holds its default)
+                setattr(self, name, _whole_number(raw, name, low, high, nullable))
+
+
+def _whole_number(raw: msgspec.Raw, name: str, low: int, high: int, nullable: bool) -> int | None:
+    try:
+        value = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, ValueError):  # 1e400; an int of 4,301+ digits
+        value = raw
+    if value is None and nullable:
+        return None
+    whole = isinstance(value, int | float) and not isinstance(value, bool)
+    if whole and isinstance(value, float):
+        whole = value.is_integer()
+    if not whole or not low <= value <= high:
+        shown = bytes(raw).decode("utf-8", "replace")
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {shown:.40}")
+    return int(value)
+
+
 class _Out(msgspec.Struct, omit_defaults=True):
     pass
 
 
-class JobIn(_In):
+class JobIn(_WholeNumbers):
     payload: msgspec.Raw
     key: Key | None = None
     delay_seconds: DelaySeconds | None = None
-    max_attempts: Attempts | None = None
+    max_attempts: Attempts = None
 
 
 class PushIn(_In):
     jobs: _batch(JobIn)  # type: ignore[valid-type]
 
 
-class ClaimIn(_In):
+class ClaimIn(_WholeNumbers):
     worker: Worker
-    max: Annotated[int, _M(ge=1, le=limits.MAX_CLAIM)] = 1
+    max: Annotated[_Whole, _integer(1, limits.MAX_CLAIM, null=False)] = 1
     lease_seconds: LeaseSeconds | None = None
     wait_seconds: Annotated[float, _M(ge=0, le=limits.MAX_WAIT_SECONDS)] = 0.0
 
@@ -116,22 +177,25 @@ class IdsIn(_In):
     ids: Annotated[list[Name], _M(max_length=100_000)] | None = None
 
 
-class ConfigIn(_In):
+class ConfigIn(_WholeNumbers):
     # The ranges ``Configure`` enforces, published in the schema and checked on decode.
-    lease_seconds: (
-        Annotated[int, _M(ge=limits.MIN_LEASE_SECONDS, le=limits.MAX_LEASE_SECONDS)] | None
-    ) = None
-    max_attempts: Attempts | None = None
+    lease_seconds: Annotated[
+        _WholeOrNone, _integer(limits.MIN_LEASE_SECONDS, limits.MAX_LEASE_SECONDS)
+    ] = None
+    max_attempts: Attempts = None
     retry_delay_seconds: DelaySeconds | None = None
     retry_delay_max_seconds: DelaySeconds | None = None
-    dead_retention: Annotated[int, _M(ge=0, le=limits.MAX_DEAD_RETENTION)] | None = None
-    max_payload_bytes: Annotated[int, _M(ge=1, le=limits.MAX_PAYLOAD_BYTES_LIMIT)] | None = None
-    dedup_seconds: Annotated[int, _M(ge=0, le=limits.MAX_DEDUP_SECONDS)] | None = None
-    max_jobs: Annotated[int, _M(ge=1, le=limits.MAX_JOBS_LIMIT)] | None = None
-    spill_payload_bytes: (
-        Annotated[int, _M(ge=limits.MIN_SPILL_PAYLOAD_BYTES, le=limits.MAX_PAYLOAD_BYTES_LIMIT)]
-        | None
-    ) = None
+    dead_retention: Annotated[_WholeOrNone, _integer(0, limits.MAX_DEAD_RETENTION)] = None
+    max_payload_bytes: Annotated[_WholeOrNone, _integer(1, limits.MAX_PAYLOAD_BYTES_LIMIT)] = None
+    dedup_seconds: Annotated[_WholeOrNone, _integer(0, limits.MAX_DEDUP_SECONDS)] = None
+    max_jobs: Annotated[_WholeOrNone, _integer(1, limits.MAX_JOBS_LIMIT)] = None
+    spill_payload_bytes: Annotated[
+        _WholeOrNone,
+        _integer(limits.MIN_SPILL_PAYLOAD_BYTES, limits.MAX_PAYLOAD_BYTES_LIMIT),
+    ] = None
+    max_inline_bytes: Annotated[
+        _WholeOrNone, _integer(limits.MIN_INLINE_BYTES, limits.MAX_INLINE_BYTES_LIMIT)
+    ] = None
 
     def changes(self) -> dict[str, object]:
         return {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not None}

@@ -1238,7 +1238,8 @@ def test_inline_bytes_follow_every_operation_and_survive_a_round_trip() -> None:
             else:
                 ops = [Nack.of([NackItem.of(job.id, job.lease, 0, dead=settle == "dead")])]
         else:
-            ops = [rng.choice([Redrive(), Purge(), Redrive(("1", "2", "3"))])]
+            dead_ops: list[Op] = [Redrive(), Purge(), Redrive(("1", "2", "3"))]
+            ops = [rng.choice(dead_ops)]
         state, results = commit(state, *ops, now=now)
         for result in results:
             if isinstance(result, ClaimResult):

@@ -36,7 +36,7 @@ pytest.register_assert_rewrite("broker_proc")
 from broker_proc import assert_error  # noqa: E402
 from lambda_events import NO_BODY, function_url_event, to_response  # noqa: E402
 from lambda_runtime import FUNCTION_ARN, LambdaEnvironments, RuntimeApi  # noqa: E402
-from servers import StoreServer  # noqa: E402
+from servers import StoreServer, free_ports  # noqa: E402
 
 from obque.broker.aws import build_handler  # noqa: E402
 from obque.commit import IntentEngine, IntentSettings, create_queue  # noqa: E402
@@ -687,3 +687,28 @@ def test_runtime_client_reports_a_missing_root(moto_server: StoreServer, tmp_pat
     [report] = api.init_errors
     assert report["errorType"] == "ConfigurationError", report
     assert "OBQUE_ROOT is not set" in report["errorMessage"], report
+
+
+def test_store_outage_answers_503_with_retry_after(
+    fn: FunctionUrl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fn.create()
+    assert _body(fn.call("POST", "/v1/queues/queue/push", {"jobs": [{"payload": "before"}]}))
+    # A cold start while S3 cannot be reached (nothing listens at its endpoint any more).
+    closed_port = free_ports(1)[0]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{closed_port}")
+    fn.build()
+    for method, path, body in [
+        ("POST", "push", {"jobs": [{"payload": "during"}]}),
+        ("POST", "claim", {"worker": "w"}),
+        ("GET", "stats", NO_BODY),
+    ]:
+        answer = fn.call(method, f"/v1/queues/queue/{path}", body)
+        assert_error(answer, 503, "store_unavailable", fn.key())
+        assert int(answer.headers["retry-after"]) >= 1, answer.headers
+    assert_error(fn.call("GET", "/v1/queues"), 503, "store_unavailable")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", fn.server.endpoint)
+    fn.build()  # S3 is back: the next environment serves again
+    assert _body(fn.call("POST", "/v1/queues/queue/push", {"jobs": [{"payload": "after"}]}))
+    stats = _body(fn.call("GET", "/v1/queues/queue/stats"))
+    assert (stats["pushed"], stats["ready"]) == (2, 2), stats

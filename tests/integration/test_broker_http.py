@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import re
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ import pytest
 pytest.register_assert_rewrite("broker_proc")
 
 from broker_proc import (  # noqa: E402
+    OBQUE,
     BrokerFactory,
     BrokerProcess,
     assert_error,
@@ -1233,3 +1236,36 @@ def test_a_broker_on_a_failing_store_answers_503_from_the_start(brokers: BrokerF
     # a 503 promises nothing either way, which is why a PUT may be retried.)
     assert read_queue_file(root_dir, "queue")["jobs"] == []
     assert "Traceback" not in broker.log()
+
+
+def test_broker_configured_only_by_the_environment(brokers: BrokerFactory) -> None:
+    """``OBQUE_ROOT`` and ``OBQUE_TOKEN`` configure ``obque broker`` without flags."""
+    env_root = brokers.root("from-env")
+    port = free_port()
+    log_path = brokers.workdir / f"broker-env-{port}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBQUE_")}
+    env.update(OBQUE_ROOT=env_root, OBQUE_TOKEN="env-token", PYTHONUNBUFFERED="1")
+    args = [OBQUE, "broker", "--port", str(port)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=brokers.workdir,
+            env=env,
+        )
+    broker = BrokerProcess(args, "127.0.0.1", port, None, "env-token", log_path, proc)
+    brokers.started.append(broker)  # killed, and its log attached, like the others
+    broker.wait_ready()
+    with httpx.Client(base_url=broker.url, timeout=30) as anonymous:
+        assert_error(anonymous.put("/v1/queues/q"), 401, "unauthorized")
+        assert_error(anonymous.get("/v1/queues"), 401, "unauthorized")
+    with broker.client() as client:
+        assert client.put("/v1/queues/q").status_code == 201
+        assert push(client, "q", {"payload": "env"})["ids"] == ["1"]
+    state = read_queue_file(brokers.root_dir("from-env"), "q")
+    assert [job["payload"] for job in state["jobs"]] == ["env"]
+    assert state["broker"]["url"] == broker.url
+    assert not (brokers.workdir / ".obque").exists()  # not the default root
+    assert broker.stop() == 0, broker.log()

@@ -11,11 +11,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import http.server
 import json
+import os
+import socket
+import subprocess
+import sys
+import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -28,7 +35,7 @@ from obque.client.auth import (
     SigV4Auth,
     auth_for,
 )
-from obque.core import MissingDependency
+from obque.core import MissingDependency, StoreUnavailable, Unauthorized
 
 pytest.importorskip("botocore")
 
@@ -310,10 +317,65 @@ class TokenSource:
 
 
 @pytest.fixture
-def token_source(monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenSource]:
+def google_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """google-auth sees no credentials of the machine: no key file, an empty gcloud
+    configuration, and a metadata server on a closed loopback port (refused at once,
+    never a hang on 169.254.169.254)."""
+    pytest.importorskip("google.auth")
+    closed = f"127.0.0.1:{closed_port()}"
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setenv("GCE_METADATA_IP", closed)
+    monkeypatch.setenv("GCE_METADATA_HOST", closed)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    return monkeypatch
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def write_json(path: Path, data: Mapping[str, object]) -> str:
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.fixture
+def service_account_key(google_env: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """GOOGLE_APPLICATION_CREDENTIALS names a (freshly generated) service-account key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    info = {
+        "type": "service_account",
+        "project_id": "obque-test",
+        "private_key_id": "k1",
+        "private_key": pem,
+        "client_email": "invoker@obque-test.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": f"http://127.0.0.1:{closed_port()}/token",
+    }
+    google_env.setenv("GOOGLE_APPLICATION_CREDENTIALS", write_json(tmp_path / "sa.json", info))
+    return google_env
+
+
+@pytest.fixture
+def token_source(service_account_key: pytest.MonkeyPatch) -> Iterator[TokenSource]:
+    """A key file is found; minting its token is ``TokenSource`` (no Google to ask)."""
     id_token = pytest.importorskip("google.oauth2.id_token")
     source = TokenSource()
-    monkeypatch.setattr(id_token, "fetch_id_token", source)
+    service_account_key.setattr(id_token, "fetch_id_token", source)
     yield source
 
 
@@ -390,6 +452,179 @@ def test_client_sends_the_id_token(
         q.push(2)
     assert [r.headers["authorization"] for r in seen] == ["Bearer id-token-1"] * 2
     assert token_source.audiences == ["https://obque-abc-uc.a.run.app"]
+
+
+GOOGLE_FIX = "gcloud auth application-default login --impersonate-service-account="
+
+
+@pytest.mark.parametrize("key_file", [None, "missing.json"], ids=["nothing", "missing-file"])
+def test_no_google_credentials_is_one_clear_error(
+    google_env: pytest.MonkeyPatch, tmp_path: Path, key_file: str | None
+) -> None:
+    if key_file is not None:
+        google_env.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / key_file))
+    auth = auth_for("https://obque-abc-uc.a.run.app")
+    with pytest.raises(Unauthorized) as raised:
+        auth.headers("GET", "https://obque-abc-uc.a.run.app/v1/queues/q/stats", b"")
+    message = raised.value.message
+    assert "\n" not in message
+    assert "no Google credentials to call https://obque-abc-uc.a.run.app" in message
+    assert GOOGLE_FIX in message and "GOOGLE_APPLICATION_CREDENTIALS" in message
+    if key_file is not None:
+        assert key_file in message
+
+
+def test_cli_without_google_credentials_says_what_to_do(
+    google_env: pytest.MonkeyPatch,
+) -> None:
+    """The audit's reproduction: ``obque stats`` on a Cloud Run URL with no credentials
+    printed google-auth's traceback; it must print one line and fail."""
+    obque = Path(sys.executable).with_name("obque")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBQUE_")}
+    done = subprocess.run(
+        [str(obque), "stats", "https://obque-abc-uc.a.run.app"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr + done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert GOOGLE_FIX in lines[0]
+
+
+class TokenEndpoint:
+    """Google's OAuth token endpoint on loopback, for ``authorized_user`` credentials
+    (gcloud's ``application-default login``): records the refresh, answers a script."""
+
+    def __init__(self, answer: tuple[int, dict[str, object]]) -> None:
+        self.answer = answer
+        self.forms: list[dict[str, list[str]]] = []
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                endpoint.forms.append(parse_qs(self.rfile.read(length).decode()))
+                status, body = endpoint.answer
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def routed_to(endpoint: TokenEndpoint) -> Callable[[], object]:
+    """google-auth's own requests transport, with Google's token endpoint (which an
+    ``authorized_user`` file cannot change: google-auth always overrides its token_uri)
+    routed to ``endpoint`` on loopback. Everything else is google-auth's real code."""
+    import requests
+    from google.auth.transport.requests import Request
+
+    class ToLoopback(requests.adapters.HTTPAdapter):
+        def send(  # type: ignore[override]
+            self, request: requests.PreparedRequest, **kwargs: Any
+        ) -> requests.Response:
+            assert request.url == "https://oauth2.googleapis.com/token", request.url
+            request.url = endpoint.url
+            return super().send(request, **kwargs)
+
+    session = requests.Session()
+    session.trust_env = False
+    session.mount("https://oauth2.googleapis.com/", ToLoopback())
+    return lambda: Request(session)
+
+
+@pytest.fixture
+def user_credentials(
+    google_env: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Callable[[int, dict[str, object]], TokenEndpoint]]:
+    """gcloud user credentials (an ``authorized_user`` file, as ``gcloud auth
+    application-default login`` writes) and a token endpoint answering their refresh."""
+    started: list[TokenEndpoint] = []
+    info = {
+        "type": "authorized_user",
+        "client_id": "764086051850-adc.apps.googleusercontent.com",
+        "client_secret": "adc-secret",
+        "refresh_token": "1//refresh-me",
+    }
+    google_env.setenv("GOOGLE_APPLICATION_CREDENTIALS", write_json(tmp_path / "adc.json", info))
+
+    def make(status: int, body: dict[str, object]) -> TokenEndpoint:
+        endpoint = TokenEndpoint((status, body))
+        started.append(endpoint)
+        return endpoint
+
+    yield make
+    for endpoint in started:
+        endpoint.close()
+
+
+GRANTED = {"access_token": "ya29.access", "expires_in": 3599, "token_type": "Bearer"}
+RUN_URL = "https://obque-abc-uc.a.run.app"
+
+
+def test_gcloud_user_credentials_send_their_id_token(
+    user_credentials: Callable[[int, dict[str, object]], TokenEndpoint],
+) -> None:
+    endpoint = user_credentials(200, {**GRANTED, "id_token": "user-id-token"})
+    auth = GoogleIdTokenAuth(RUN_URL, transport=routed_to(endpoint))
+    for _ in range(3):
+        assert auth.headers("POST", f"{RUN_URL}/v1/queues/q/push", b"{}") == {
+            "Authorization": "Bearer user-id-token"
+        }
+    (form,) = endpoint.forms  # refreshed once, then cached
+    assert form["grant_type"] == ["refresh_token"]
+    assert form["refresh_token"] == ["1//refresh-me"]
+    assert form["client_id"] == ["764086051850-adc.apps.googleusercontent.com"]
+
+
+def test_user_credentials_without_an_id_token_say_what_to_do(
+    user_credentials: Callable[[int, dict[str, object]], TokenEndpoint],
+) -> None:
+    endpoint = user_credentials(200, GRANTED)  # granted without the openid scope
+    auth = GoogleIdTokenAuth(RUN_URL, transport=routed_to(endpoint))
+    with pytest.raises(Unauthorized, match="no ID token") as raised:
+        auth.headers("GET", f"{RUN_URL}/", b"")
+    assert GOOGLE_FIX in raised.value.message
+
+
+def test_revoked_user_credentials_are_one_clear_error(
+    user_credentials: Callable[[int, dict[str, object]], TokenEndpoint],
+) -> None:
+    body: dict[str, object] = {"error": "invalid_grant", "error_description": "Token revoked"}
+    endpoint = user_credentials(400, body)
+    auth = GoogleIdTokenAuth(RUN_URL, transport=routed_to(endpoint))
+    with pytest.raises(Unauthorized, match="would not issue an ID token") as raised:
+        auth.headers("GET", f"{RUN_URL}/", b"")
+    assert "invalid_grant" in raised.value.message
+    assert "\n" not in raised.value.message
+
+
+def test_an_unreachable_token_endpoint_is_retried_not_fatal(
+    user_credentials: Callable[[int, dict[str, object]], TokenEndpoint],
+) -> None:
+    endpoint = user_credentials(200, GRANTED)
+    endpoint.close()  # Google cannot be reached: transient, so the client retries it
+    auth = GoogleIdTokenAuth(RUN_URL, transport=routed_to(endpoint))
+    with pytest.raises(StoreUnavailable, match="could not reach Google"):
+        auth.headers("GET", f"{RUN_URL}/", b"")
 
 
 # -- bearer tokens and no credentials -------------------------------------------------------------

@@ -5,21 +5,25 @@
 * ``https://ID.lambda-url.REGION.on.aws/``: SigV4 for service ``lambda`` with boto3's
   credential chain (environment, profiles, SSO, instance and container roles);
 * ``*.run.app`` / ``*.cloudfunctions.net``: a Google ID token whose audience is the
-  service's URL (or the function's, name included) from google-auth's chain (service
-  account keys, metadata server, gcloud user credentials);
+  service's URL (or the function's, name included), from google-auth's chain: a
+  service-account key file, the metadata server, gcloud application-default credentials
+  that impersonate a service account, or gcloud user credentials (see
+  ``GoogleIdTokenAuth`` for what each gives);
 * anything else: no credentials.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from obque.core import MissingDependency
+from obque.core import MissingDependency, StoreUnavailable, Unauthorized
 
 __all__ = ["Auth", "BearerAuth", "GoogleIdTokenAuth", "NoAuth", "SigV4Auth", "auth_for"]
 
@@ -74,11 +78,40 @@ class SigV4Auth:
         return dict(request.headers.items())
 
 
-class GoogleIdTokenAuth:
-    """A Google-signed ID token for the URL's audience, refreshed before it expires."""
+#: What to do when no Google credential can mint an ID token.
+GOOGLE_HINT = (
+    "run `gcloud auth application-default login --impersonate-service-account=SA_EMAIL` "
+    "(SA_EMAIL: a service account you may impersonate, holding roles/run.invoker), or set "
+    "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file"
+)
 
-    def __init__(self, audience: str) -> None:
+
+class GoogleIdTokenAuth:
+    """A Google-signed ID token for the URL's audience, refreshed before it expires.
+
+    google-auth's ``fetch_id_token`` mints one only from a service-account key named by
+    ``GOOGLE_APPLICATION_CREDENTIALS`` or from the metadata server; it ignores gcloud's
+    application-default credentials. So the credentials are first found the way every
+    Google library finds them (``google.auth.default()``), then:
+
+    * impersonated service account (``application-default login
+      --impersonate-service-account``): an ID token for the audience from the IAM
+      credentials API;
+    * gcloud user credentials (``application-default login``): the ID token Google
+      issues with their refresh -- its audience is gcloud's OAuth client, not the URL,
+      which Cloud Run accepts from users granted ``roles/run.invoker`` (as it accepts
+      ``gcloud auth print-identity-token``); a URL that insists on its own audience
+      needs impersonation;
+    * anything else (a key file, the metadata server): ``fetch_id_token``.
+
+    google-auth's failures become one-line ``Unauthorized`` errors naming the fix, or
+    ``StoreUnavailable`` (retried) when Google could not be reached.
+    """
+
+    def __init__(self, audience: str, transport: Callable[[], Any] | None = None) -> None:
         try:
+            import google.auth
+            import google.auth.exceptions
             import google.auth.transport.requests
             import google.oauth2.id_token
         except ImportError as exc:
@@ -87,7 +120,11 @@ class GoogleIdTokenAuth:
                 "pip install 'obque[gcs]'"
             ) from exc
         self._fetch = google.oauth2.id_token.fetch_id_token
-        self._transport = google.auth.transport.requests.Request
+        #: Makes the ``google.auth.transport.Request`` every token request goes through.
+        self._transport = transport or google.auth.transport.requests.Request
+        quiet = logging.getLogger("google.auth._default")
+        if not any(isinstance(f, _NoProjectNeeded) for f in quiet.filters):
+            quiet.addFilter(_NoProjectNeeded())
         self.audience = audience
         self._token: str | None = None
         self._expires = 0.0
@@ -96,9 +133,65 @@ class GoogleIdTokenAuth:
     def headers(self, method: str, url: str, body: bytes) -> dict[str, str]:
         with self._lock:
             if self._token is None or time.monotonic() > self._expires:
-                self._token = str(self._fetch(self._transport(), self.audience))  # type: ignore[no-untyped-call]
+                self._token = self._new_token()
                 self._expires = time.monotonic() + 45 * 60  # tokens live one hour
             return {"Authorization": f"Bearer {self._token}"}
+
+    def _new_token(self) -> str:
+        from google.auth import exceptions
+
+        try:
+            return self._mint()
+        except exceptions.DefaultCredentialsError as exc:
+            raise Unauthorized(
+                f"no Google credentials to call {self.audience} ({_first_line(exc)}): "
+                + GOOGLE_HINT
+            ) from exc
+        except exceptions.TransportError as exc:
+            raise StoreUnavailable(
+                f"could not reach Google for an ID token for {self.audience}: {_first_line(exc)}"
+            ) from exc
+        except exceptions.GoogleAuthError as exc:
+            raise Unauthorized(
+                f"Google would not issue an ID token for {self.audience} "
+                f"({_first_line(exc)}): " + GOOGLE_HINT
+            ) from exc
+
+    def _mint(self) -> str:
+        import google.auth
+        import google.auth.impersonated_credentials as impersonated
+        import google.oauth2.credentials as user
+
+        request = self._transport()
+        credentials, _ = google.auth.default()
+        if isinstance(credentials, impersonated.Credentials):
+            minted = impersonated.IDTokenCredentials(  # type: ignore[no-untyped-call]
+                credentials, target_audience=self.audience, include_email=True
+            )
+            minted.refresh(request)
+            return str(minted.token)
+        if isinstance(credentials, user.Credentials):
+            credentials.refresh(request)  # type: ignore[no-untyped-call]
+            if not credentials.id_token:
+                raise Unauthorized(
+                    f"the gcloud user credentials carry no ID token (no openid scope) to "
+                    f"call {self.audience}: " + GOOGLE_HINT
+                )
+            return str(credentials.id_token)
+        return str(self._fetch(request, self.audience))  # type: ignore[no-untyped-call]
+
+
+class _NoProjectNeeded(logging.Filter):
+    """An ID token needs no Google Cloud project: google-auth's warning that it found
+    none would be printed under every CLI command run with user credentials."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No project ID could be determined" not in record.getMessage()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc.args[0] if exc.args else exc) or type(exc).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def auth_for(url: str, token: str | None = None) -> Auth:

@@ -14,6 +14,7 @@ and no telemetry or notices are fetched.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ __all__ = [
     "REPO",
     "cdk_cli",
     "cfn_lint",
+    "function_url_event",
     "hermetic_env",
     "missing",
     "need_module",
@@ -136,3 +138,35 @@ def terraform() -> str:
     if cli is None:
         missing("terraform")
     return cli
+
+
+def function_url_event(method: str, path: str, body: object = None) -> dict[str, object]:
+    """A Lambda Function URL request (payload format 2.0)."""
+    domain = "abc123.lambda-url.us-east-1.on.aws"
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {"host": domain, "content-type": "application/json"},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": domain,
+            "domainPrefix": "abc123",
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "obque-tests",
+            },
+            "requestId": "req-1",
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "29/Nov/2026:12:00:00 +0000",
+            "timeEpoch": 1_795_000_000_000,
+        },
+        "body": None if body is None else json.dumps(body),
+        "isBase64Encoded": False,
+    }

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CfnResponses, S3Server
-from infra_tools import hermetic_env
+from infra_tools import function_url_event, hermetic_env
 from obque_infra.bundle import (
     RESOURCE_MODULE_NAME,
     BundleError,
@@ -128,38 +128,6 @@ _RUNNER = textwrap.dedent(
 )
 
 
-def _url_event(method: str, path: str, body: object = None) -> dict[str, object]:
-    """A Lambda Function URL request (payload format 2.0)."""
-    domain = "abc123.lambda-url.us-east-1.on.aws"
-    return {
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": {"host": domain, "content-type": "application/json"},
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "abc123",
-            "domainName": domain,
-            "domainPrefix": "abc123",
-            "http": {
-                "method": method,
-                "path": path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": "127.0.0.1",
-                "userAgent": "obque-tests",
-            },
-            "requestId": "req-1",
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": "29/Nov/2026:12:00:00 +0000",
-            "timeEpoch": 1_795_000_000_000,
-        },
-        "body": None if body is None else json.dumps(body),
-        "isBase64Encoded": False,
-    }
-
-
 def test_the_bundle_runs_both_handlers(s3: S3Server, cfn_responses: CfnResponses) -> None:
     python = _python312()
     bundle = build_bundle(BundleSpec(architecture="x86_64"), log=False)
@@ -180,8 +148,8 @@ def test_the_bundle_runs_both_handlers(s3: S3Server, cfn_responses: CfnResponses
             },
         },
         "http": [
-            _url_event("POST", "/v1/queues/queue/push", {"jobs": [{"payload": {"n": 1}}]}),
-            _url_event("GET", "/v1/queues/queue/stats"),
+            function_url_event("POST", "/v1/queues/queue/push", {"jobs": [{"payload": {"n": 1}}]}),
+            function_url_event("GET", "/v1/queues/queue/stats"),
         ],
     }
     done = subprocess.run(

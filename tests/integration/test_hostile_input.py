@@ -480,6 +480,7 @@ CONFIG_FIELDS = [
     "max_payload_bytes",
     "dedup_seconds",
     "max_jobs",
+    "max_inline_bytes",
 ]
 
 
@@ -509,6 +510,70 @@ def test_config_numbers_out_of_range_are_400_and_change_nothing(
 def test_jobs_limit_out_of_range_is_400(http: httpx.Client, queue: str, limit: str) -> None:
     response = http.get(f"/v1/queues/{queue}/jobs", params={"limit": limit})
     assert_error(response, 400, "invalid_request", "limit")
+
+
+def test_integer_fields_take_integral_floats_and_refuse_fractions_naming_the_field(
+    http: httpx.Client, queue: str, module_brokers: BrokerFactory
+) -> None:
+    """JSON Schema's integer is a number with no fraction, so ``3.0`` and ``3e0`` are
+    integers (JavaScript, SQS and Cloud Tasks clients write whole numbers that way);
+    ``1.5`` is not, and the answer names the field."""
+    config = b'{"max_jobs": 50.0, "lease_seconds": 3e1, "max_inline_bytes": 65536.0}'
+    response = http.put(f"/v1/queues/{queue}", content=config, headers=JSON)
+    assert response.status_code == 200, response.text
+    shown = response.json()["config"]
+    assert (shown["max_jobs"], shown["lease_seconds"], shown["max_inline_bytes"]) == (50, 30, 65536)
+    body = b'{"jobs": [{"payload": 1.0, "max_attempts": 3.0}, {"payload": 2, "max_attempts": 2}]}'
+    response = post(http, f"/v1/queues/{queue}/push", body)
+    assert response.status_code == 200, response.text
+    response = post(http, f"/v1/queues/{queue}/claim", b'{"worker": "w", "max": 2.0}')
+    assert response.status_code == 200, response.text
+    assert [job["attempt"] for job in response.json()["jobs"]] == [1, 1]
+    doc = json.loads((module_brokers.root_dir() / f"{queue}.json").read_bytes())
+    # Stored as the integers they are; a payload's own 1.0 is kept as written.
+    assert [job["max_attempts"] for job in doc["jobs"]] == [3, 2]
+    assert (
+        doc["config"]["max_jobs"] == 50
+        and b'"payload":1.0' in json.dumps(doc["jobs"][0], separators=(",", ":")).encode()
+    )
+
+    for verb, template, field in (
+        ("push", b'{"jobs": [{"payload": 1, "max_attempts": %s}]}', "max_attempts"),
+        ("claim", b'{"worker": "w", "max": %s}', "max"),
+    ):
+        for number in (b"1.5", b"2.000001", b"1e-3"):
+            assert_400(post(http, f"/v1/queues/{queue}/{verb}", template % number), number, field)
+    for field in ("max_jobs", "lease_seconds", "dead_retention", "max_inline_bytes"):
+        body = b'{"%s": 2048.5}' % field.encode()
+        answer = http.put(f"/v1/queues/{queue}", content=body, headers=JSON)
+        message = assert_400(answer, body, field)
+        assert "integer" in message, message
+    assert stats(http, queue)["pushed"] == 2
+
+
+def test_payload_bytes_in_the_file_are_bounded_by_max_inline_bytes(
+    http: httpx.Client, queue: str
+) -> None:
+    """``max_jobs`` counts jobs; ``max_inline_bytes`` bounds the bytes their payloads add to
+    the file (which every commit rewrites): past it a push is ``429 queue_full`` naming the
+    limit and the current size, and acking makes room again."""
+    assert http.put(f"/v1/queues/{queue}", json={"max_inline_bytes": 4096}).status_code == 200
+    blob = "x" * 998  # 1,000 bytes of JSON
+    response = http.post(f"/v1/queues/{queue}/push", json={"jobs": [{"payload": blob}] * 4})
+    assert response.status_code == 200, response.text
+    response = http.post(f"/v1/queues/{queue}/push", json={"jobs": [{"payload": blob}]})
+    message = assert_error(response, 429, "queue_full", "max_inline_bytes of 4096", "4000 bytes")
+    assert "spill_payload_bytes" in message  # and what to do about it
+    assert stats(http, queue)["pushed"] == 4
+    [job] = http.post(f"/v1/queues/{queue}/claim", json={"worker": "w"}).json()["jobs"]
+    lease = {"id": job["id"], "lease": job["lease"]}
+    ack = http.post(f"/v1/queues/{queue}/ack", json={"leases": [lease]}).json()["results"]
+    assert ack[0]["ok"] is True
+    response = http.post(f"/v1/queues/{queue}/push", json={"jobs": [{"payload": blob}]})
+    assert response.status_code == 200, response.text
+    for bad in (1023, 2**30 + 1, 0):
+        answer = http.put(f"/v1/queues/{queue}", json={"max_inline_bytes": bad})
+        assert_error(answer, 400, "invalid_request", "max_inline_bytes", "1073741824")
 
 
 def test_payload_numbers_are_kept_as_written(

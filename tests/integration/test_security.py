@@ -6,8 +6,9 @@ Claims: the bearer token guards every route but ``/healthz`` and the dashboard p
 compared in constant time; neither it nor lease tokens nor payloads reach the logs; a
 broker refuses to listen beyond loopback without a token unless told ``--insecure``; lease
 tokens are 96 random bits per claim, never listed, and a stale or guessing worker cannot
-settle someone else's claim; payloads are stored and returned verbatim, never interpreted.
-Two known gaps are recorded as strict xfails, so fixing them flips the test.
+settle someone else's claim; payloads are stored and returned verbatim, never interpreted;
+a broker without a token refuses what a web page could make a browser send (cross-site
+requests, foreign ``Origin``s and, on loopback, foreign ``Host`` names: DNS rebinding).
 """
 
 from __future__ import annotations
@@ -547,7 +548,7 @@ def test_payloads_are_stored_and_returned_verbatim(
     assert not Path("/tmp/obque-pwned").exists()
 
 
-# -- known gaps (strict xfails: fixing one flips its test) -----------------------------------
+# -- token-less brokers: cross-site requests ---------------------------------------------------
 
 
 def test_a_cross_site_browser_request_cannot_change_a_tokenless_broker(
@@ -570,3 +571,91 @@ def test_a_cross_site_browser_request_cannot_change_a_tokenless_broker(
         )
         assert 400 <= response.status_code < 500, response.text
         assert http.get("/v1/queues/q/stats").json()["pushed"] == 0
+
+
+PAGE_PUSH = b'{"jobs": [{"payload": "from a web page"}]}'
+
+
+def pushes(http: httpx.Client, **headers: str) -> httpx.Response:
+    """A push carrying the headers a browser would add (``Host`` included, if given)."""
+    return http.post("/v1/queues/q/push", content=PAGE_PUSH, headers=headers)
+
+
+def pushed(broker: BrokerProcess) -> int:
+    with httpx.Client(base_url=broker.url, timeout=30) as http:
+        count: int = http.get("/v1/queues/q/stats").json()["pushed"]
+    return count
+
+
+def refused(response: httpx.Response) -> None:
+    assert_error(response, 401, "unauthorized", "cross-site or foreign-host")
+
+
+def test_a_tokenless_loopback_broker_refuses_foreign_hosts_and_foreign_origins(
+    brokers: BrokerFactory,
+) -> None:
+    """DNS rebinding makes a page's own name resolve to 127.0.0.1: the request then carries
+    that name in ``Host`` (and, same-origin to the browser, a matching ``Origin``)."""
+    broker = brokers.start(brokers.root())
+    own = f"127.0.0.1:{broker.port}"
+    with httpx.Client(base_url=broker.url, timeout=30) as http:
+        assert http.put("/v1/queues/q").status_code == 201
+        refused(pushes(http, Host="evil.example"))
+        refused(pushes(http, Host=f"evil.example:{broker.port}"))
+        refused(pushes(http, Host=f"127.0.0.1.evil.example:{broker.port}"))
+        rebound = f"http://evil.example:{broker.port}"
+        refused(pushes(http, Host=f"evil.example:{broker.port}", Origin=rebound))
+        refused(http.get("/v1/queues/q/stats", headers={"Host": "evil.example"}))
+        refused(pushes(http, Origin="null"))  # sandboxed frames, file:// pages
+        refused(pushes(http, Origin="https://evil.example"))
+        refused(pushes(http, Origin=f"http://localhost.evil.example:{broker.port}"))
+        refused(pushes(http, **{"Sec-Fetch-Site": "cross-site"}))
+        refused(pushes(http, **{"Sec-Fetch-Site": "same-site"}))
+        assert pushed(broker) == 0
+
+        # What the dashboard (same-origin) and programs (no Origin) send is served.
+        for headers in (
+            {"Origin": f"http://{own}", "Sec-Fetch-Site": "same-origin"},
+            {"Origin": f"http://{own}"},
+            {"Sec-Fetch-Site": "none"},  # a URL typed into the address bar
+            {"Host": f"localhost:{broker.port}"},
+            {"Host": f"LOCALHOST:{broker.port}", "Origin": f"http://localhost:{broker.port}"},
+            {"Host": f"[::1]:{broker.port}"},
+            {},
+        ):
+            response = pushes(http, **headers)
+            assert response.status_code == 200, (headers, response.text)
+        assert pushed(broker) == 7
+
+
+def test_an_insecure_broker_keeps_the_origin_checks_but_answers_any_host(
+    brokers: BrokerFactory,
+) -> None:
+    """Bound to every address with ``--insecure`` a broker cannot know the names it is
+    reached by, so a foreign ``Host`` is served; a cross-site browser request is not."""
+    broker = brokers.start(brokers.root(), host="0.0.0.0", extra=["--insecure"])
+    with httpx.Client(base_url=broker.url, timeout=30) as http:
+        assert http.put("/v1/queues/q").status_code == 201
+        response = pushes(http, Host=f"queues.example:{broker.port}")
+        assert response.status_code == 200, response.text
+        origin = f"http://queues.example:{broker.port}"
+        response = pushes(http, Host=f"queues.example:{broker.port}", Origin=origin)
+        assert response.status_code == 200, response.text  # its own page, by that name
+        refused(pushes(http, Origin="https://evil.example"))
+        refused(pushes(http, Host=f"queues.example:{broker.port}", Origin="https://evil.example"))
+        refused(pushes(http, Origin="null"))
+        refused(pushes(http, **{"Sec-Fetch-Site": "cross-site"}))
+        assert pushed(broker) == 2
+
+
+def test_a_broker_with_a_token_needs_no_origin_checks(guarded: BrokerProcess) -> None:
+    """The token is the guard: a page cannot read it, and with it any caller is served."""
+    with guarded.client() as http:
+        response = http.get(
+            "/v1/queues/q/stats",
+            headers={"Host": "elsewhere.example", "Origin": "https://app.example"},
+        )
+        assert response.status_code == 200, response.text
+    with httpx.Client(base_url=guarded.url, timeout=30) as anon:
+        refused_without_token = anon.get("/v1/queues/q/stats", headers={"Origin": "null"})
+        assert_error(refused_without_token, 401, "unauthorized")

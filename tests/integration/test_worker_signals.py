@@ -245,6 +245,70 @@ def test_idle_worker_stops_promptly(spawn: Any, tmp_path: Path, broker_queue: st
         assert q.stats()["claimed"] == 0
 
 
+POLLING_WORKER_SCRIPT = textwrap.dedent(
+    """
+    import dataclasses, json, pathlib, sys
+    import obque.client.worker as worker_module
+    from obque.client import Client, Worker
+
+    target, side_effect = sys.argv[1:3]
+    # One long poll outlasts the test's signal-then-push, however slow the machine.
+    worker_module.CLAIM_WAIT_SECONDS = 20
+
+    class Announcing(Client):
+        def claim(self, *args, **kwargs):
+            print("polling", flush=True)
+            return super().claim(*args, **kwargs)
+
+    class Telling(Worker):
+        def stop(self):
+            super().stop()
+            print("stopping", flush=True)
+
+    def handle(job):
+        pathlib.Path(side_effect).write_text(job.id)
+
+    with Announcing(target) as q:
+        worker = Telling(q, handle, worker_id="poller")
+        stats = worker.run()
+    print("stats " + json.dumps(dataclasses.asdict(stats)), flush=True)
+    """
+)
+
+
+def test_jobs_a_poll_brings_after_the_signal_are_released_not_run(
+    spawn: Any, tmp_path: Path, broker_queue: str
+) -> None:
+    """SIGTERM reaches a worker parked in a long poll; a push then wakes that poll with a
+    job. The worker must hand it back at once (nack, delay 0), never start its handler."""
+    script = tmp_path / "polling_worker.py"
+    script.write_text(POLLING_WORKER_SCRIPT)
+    side_effect = tmp_path / "handled"
+    worker: WorkerProcess = spawn([sys.executable, str(script), broker_queue, str(side_effect)])
+    with Client(broker_queue) as q:
+        wait_until(lambda: "polling" in worker.output(), timeout=20, what="the first poll")
+        worker.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "stopping" in worker.output(), timeout=20, what="the stop request")
+        job_id = q.push({"late": True})
+        try:
+            worker.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"worker still running after SIGTERM:\n{worker.output()}")
+        assert worker.proc.returncode == 0, worker.output()
+        assert "Traceback" not in worker.output()
+        assert worker.output().count("polling") == 1  # no claim after the stop
+        assert worker.stats() == {"succeeded": 0, "failed": 0, "released": 1, "lost": 0}
+        assert not side_effect.exists()
+
+        stats = q.stats()
+        assert (stats["claimed"], stats["ready"], stats["acked"]) == (0, 1, 0)
+        (job,) = q.list_jobs("ready")
+        # Claimed by the in-flight poll (attempt counted), released, ready at once.
+        assert (job["id"], job["attempts"], job["last_error"]) == (job_id, 1, RELEASED)
+        (again,) = q.claim("next")
+        assert (again.id, again.attempt) == (job_id, 2)
+
+
 # -- obque work --command, queue served in-process ------------------------------------------------
 
 

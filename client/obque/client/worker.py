@@ -9,7 +9,9 @@ the exception's text, so the queue retries it with backoff and dead-letters it a
 
 On SIGTERM or SIGINT (or ``stop()``), the worker stops claiming, gives running handlers
 ``grace_seconds`` to finish, then releases the jobs still running (nack with delay 0) so
-another worker can take them at once instead of waiting for their leases to lapse.
+another worker can take them at once instead of waiting for their leases to lapse. Jobs
+that a claim already in flight brings back after the stop are released the same way,
+never started.
 
 A claim failing for good (no such queue, refused credentials) drains the same way and
 ``run`` raises that error; transient trouble (after the client's own retries) is waited out.
@@ -38,6 +40,8 @@ __all__ = ["Worker", "WorkerStats"]
 
 #: How long one claim waits for a job; short enough to notice a stop request promptly.
 CLAIM_WAIT_SECONDS = 5.0
+#: The error text a released job carries.
+RELEASED = "released: worker shutting down"
 
 
 @dataclass
@@ -121,6 +125,11 @@ class Worker:
                     if self._stop.wait(1.0):
                         break
                     continue
+                if self._stop.is_set():
+                    # A long poll already in flight when the stop came answered with jobs:
+                    # hand them back at once rather than start work the drain would cut.
+                    self._release(jobs)
+                    break
                 for job in jobs:
                     running[self._start_handler(job)] = job
                 taken += len(jobs)
@@ -155,10 +164,14 @@ class Worker:
     def _drain(self, running: dict[Future[None], Job]) -> None:
         if running:
             wait(list(running), timeout=self.grace_seconds)
-        for future, job in running.items():
-            if not future.done() and job.settled is None:
+        self._release([job for future, job in running.items() if not future.done()])
+
+    def _release(self, jobs: list[Job]) -> None:
+        """Return unfinished jobs to the queue for another worker (nack, delay 0)."""
+        for job in jobs:
+            if job.settled is None:
                 with contextlib.suppress(ObqueError):
-                    if job.nack(delay=0, error="released: worker shutting down"):
+                    if job.nack(delay=0, error=RELEASED):
                         job.settled = "released"
                         self.stats.released += 1
 

@@ -8,7 +8,10 @@ install step cannot pass as green.
 
 The environment given to the tools has no AWS credentials, no AWS config files and no
 instance metadata (``AWS_EC2_METADATA_DISABLED``), so nothing can reach an AWS endpoint,
-and no telemetry or notices are fetched.
+and no telemetry or notices are fetched. It has no Docker either: CDK's docker command
+is ``/bin/false`` and ``DOCKER_HOST`` names a socket that does not exist, so a build that
+reached for Docker (CDK bundling, ``sam build --use-container``) would fail, not pass
+because no daemon happens to run here.
 """
 
 from __future__ import annotations
@@ -83,6 +86,9 @@ def hermetic_env(**extra: str) -> dict[str, str]:
         JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=_node_major(),
         JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION="1",
         TF_IN_AUTOMATION="1",
+        # "No Docker" is enforced, not assumed (the docker CLI may well be installed).
+        CDK_DOCKER="/bin/false",
+        DOCKER_HOST="unix:///nonexistent/obque-tests-forbid-docker.sock",
     )
     config = os.environ.get("TF_CLI_CONFIG_FILE")
     if config is not None and not Path(config).is_file():

@@ -43,14 +43,19 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
+#: Terraform is not a pip or npm package, so scripts/setup-infra cannot install it.
+TERRAFORM_ADVICE = (
+    "install Terraform 1.5+ on PATH (https://developer.hashicorp.com/terraform/install); "
+    "scripts/setup-infra cannot install it"
+)
 INFRA = REPO / "infra"
 
 if str(INFRA) not in sys.path:
     sys.path.insert(0, str(INFRA))
 
 
-def missing(what: str) -> NoReturn:
-    message = f"{what} is not installed: run scripts/setup-infra"
+def missing(what: str, advice: str = "run scripts/setup-infra") -> NoReturn:
+    message = f"{what} is not installed: {advice}"
     if os.environ.get("OBQUE_REQUIRE_INFRA") == "1":
         pytest.fail(message, pytrace=False)
     pytest.skip(message, allow_module_level=True)
@@ -142,7 +147,7 @@ def sam_cli() -> Path:
 def terraform() -> str:
     cli = shutil.which("terraform")
     if cli is None:
-        missing("terraform")
+        missing("terraform", TERRAFORM_ADVICE)
     return cli
 
 

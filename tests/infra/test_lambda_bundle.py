@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CfnResponses, S3Server
-from infra_tools import function_url_event, hermetic_env
+from infra_tools import function_url_event, hermetic_env, missing
 from obque_infra.bundle import (
     RESOURCE_MODULE_NAME,
     BundleError,
@@ -104,7 +104,10 @@ def _python312() -> str:
             )
             if done.returncode == 0 and done.stdout.strip() == "(3, 12)":
                 return candidate
-    pytest.skip("no CPython 3.12 on this host to run the bundle with")
+    missing(
+        "CPython 3.12 (the Lambda runtime's Python, to run the bundle with)",
+        "install it (pyenv install 3.12, or your OS's python3.12); scripts/setup-infra cannot",
+    )
 
 
 _RUNNER = textwrap.dedent(

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -224,3 +228,66 @@ def test_errors_have_the_json_shape(
         assert_error(answer, 500, "queue_file_corrupt", "corrupt.json")
     assert corrupt.read() == before
     assert before is not None and before.data == garbage
+
+
+def _poll_generations(
+    server: StoreServer, key: str, seen: list[tuple[int, str]], stop: threading.Event
+) -> None:
+    """Append every generation of ``key`` the store shows, with the server's own
+    ``updated`` time, until ``stop``: polled every 50 ms, while a paced generation lives
+    about a second, so none is missed (the test checks the count against the commits)."""
+    url = f"{server.endpoint}/storage/v1/b/{server.bucket}/o/{quote(key, safe='')}"
+    with httpx.Client(timeout=10, trust_env=False) as client:
+        while not stop.is_set():
+            meta = client.get(url).json()
+            if not seen or seen[-1][0] != int(meta["generation"]):
+                seen.append((int(meta["generation"]), meta["updated"]))
+            stop.wait(0.05)
+
+
+def test_commits_are_a_write_interval_apart_in_the_store(
+    function: CloudFunction, http: httpx.Client, fake_gcs: StoreServer
+) -> None:
+    """The GCS store has a 1 s minimum write interval: the generations of the queue file
+    that the instance's commits make are at least that far apart, by the store's own
+    ``updated`` times (not the test's clock)."""
+    _ok(http.put("/v1/queues/paced"), 201)
+    before = _ok(http.get("/v1/queues/paced/stats"))
+    key = f"{function.root.removeprefix(f'gs://{fake_gcs.bucket}/')}paced.json"
+    seen: list[tuple[int, str]] = []
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll_generations, args=(fake_gcs, key, seen, stop))
+    poller.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not seen and poller.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)  # the created file is seen before any commit
+        assert len(seen) == 1, seen
+
+        async def waves() -> None:
+            async with httpx.AsyncClient(base_url=function.url, timeout=60, trust_env=False) as c:
+                for wave in range(4):  # each wave waits for its commit: >= 4 commits
+                    answers = await asyncio.gather(
+                        *(
+                            c.post("/v1/queues/paced/push", json={"jobs": [{"payload": i}]})
+                            for i in range(10 * wave, 10 * wave + 10)
+                        )
+                    )
+                    assert [a.status_code for a in answers] == [200] * 10
+
+        asyncio.run(waves())
+        after = _ok(http.get("/v1/queues/paced/stats"))
+        commits = after["commits"] - before["commits"]
+        deadline = time.monotonic() + 10
+        while len(seen) < 1 + commits and time.monotonic() < deadline:
+            time.sleep(0.02)  # the poller catches up with the last generation
+    finally:
+        stop.set()
+        poller.join(30)
+    assert after["pushed"] == 40 and commits >= 4, (commits, after)
+    _created, *committed = seen
+    assert len(committed) == commits, (commits, seen)  # every commit's generation was seen
+    times = [datetime.fromisoformat(updated.replace("Z", "+00:00")) for _, updated in committed]
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
+    print(f"\ngenerations of paced.json {[round(g, 3) for g in gaps]} s apart")
+    assert min(gaps) >= 0.9, gaps  # a lower bound: pacing never writes early

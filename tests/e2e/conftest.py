@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 _TESTS = Path(__file__).resolve().parent.parent
-for _folder in (_TESTS / "integration", _TESTS.parent / "infra"):
+for _folder in (_TESTS / "integration", _TESTS / "infra", _TESTS.parent / "infra"):
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 

@@ -37,7 +37,7 @@ from obque.core import Advertise, BrokerRecord, InvalidRequest, QueueState
 from obque.core.limits import check_queue_name
 from obque.store import open_store
 
-__all__ = ["Outcome", "apply_event", "on_event"]
+__all__ = ["Outcome", "apply_event", "ensure_queue", "on_event", "queue_name"]
 
 log = logging.getLogger(__name__)
 
@@ -81,25 +81,39 @@ def apply_event(event: Mapping[str, Any], *, clock: Callable[[], float] = time.t
     if request not in ("Create", "Update"):
         raise InvalidRequest(f"unknown RequestType {request!r}")
     uri = _required(properties, "QueueUri")
-    name = _queue_name(uri)
+    name = queue_name(uri)
     record = BrokerRecord(
         url=_required(properties, "BrokerUrl"),
         mode="serverless",
         id=_required(properties, "BrokerId"),
     )
     config = parse_config(properties.get("Config") or {})
-    store = open_store(uri)
-    try:
-        created, state = create_queue(store, name, config, update=False)
-        if not _advertises(state, record):
-            state = advertise(Committer(store), record, now_ms=int(clock() * 1000))
-    finally:
-        store.close()
+    created, state = ensure_queue(uri, name, record, config, clock=clock)
     log.info("%s: %s, revision %d", uri, "created" if created else "exists", state.revision)
     return Outcome(
         uri,
         {"QueueUri": uri, "Created": str(created).lower(), "Revision": str(state.revision)},
     )
+
+
+def ensure_queue(
+    uri: str,
+    name: str,
+    record: BrokerRecord,
+    config: Mapping[str, object],
+    *,
+    clock: Callable[[], float] = time.time,
+) -> tuple[bool, QueueState]:
+    """Create the queue file if absent (create-only), then make its ``broker`` record name
+    ``record`` (by compare-and-set; nothing is written when it already does)."""
+    store = open_store(uri)
+    try:
+        created, state = create_queue(store, name, dict(config), update=False)
+        if not _advertises(state, record):
+            state = advertise(Committer(store), record, now_ms=int(clock() * 1000))
+    finally:
+        store.close()
+    return created, state
 
 
 def advertise(committer: Committer, record: BrokerRecord, *, now_ms: int) -> QueueState:
@@ -178,7 +192,7 @@ def _advertises(state: QueueState, record: BrokerRecord) -> bool:
     )
 
 
-def _queue_name(uri: str) -> str:
+def queue_name(uri: str) -> str:
     last = uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     if not last.endswith(".json"):
         raise InvalidRequest(f"QueueUri must name a queue file (…/NAME.json), got {uri!r}")

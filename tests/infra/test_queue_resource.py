@@ -4,11 +4,14 @@ answering a stand-in for CloudFormation's pre-signed response URL."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from typing import Any
 
 import pytest
 from conftest import CfnResponses, S3Server
+from infra_tools import INFRA, hermetic_env, run
 from obque_infra.queue_resource import apply_event, on_event, parse_config
 
 from obque.core import decode_state
@@ -231,3 +234,48 @@ def test_parse_config() -> None:
     assert parse_config("") == {}
     with pytest.raises(InvalidRequest):
         parse_config(["lease_seconds"])
+
+
+def _queue_file(s3: S3Server, *args: str) -> subprocess.CompletedProcess[str]:
+    """``infra/queue_file.py`` as a Terraform user runs it, against the moto server."""
+    return run([sys.executable, str(INFRA / "queue_file.py"), *args], env=hermetic_env(**s3.env))
+
+
+def test_queue_file_script_creates_once_and_repoints_by_cas(s3: S3Server) -> None:
+    """The Terraform module's follow-up (docs/deploy.md): create-only, then re-point the
+    broker record by compare-and-set, never overwriting the queue's jobs or settings."""
+    bucket = s3.new_bucket()
+    uri = f"s3://{bucket}/queue.json"
+    first = _queue_file(
+        s3, uri, "--broker-url", URL, "--broker-id", "cf:a", "--config", '{"max_attempts": 4}'
+    )
+    assert first.returncode == 0, first.stderr
+    assert "created, revision 2" in first.stdout  # created, then advertised
+    s3.client().put_object(Bucket=bucket, Key="other.json", Body=b"{}")
+    doc = read(s3, bucket)
+    assert doc["broker"]["url"] == URL and doc["config"]["max_attempts"] == 4
+
+    # A queue with jobs, as the broker leaves it: a re-run with other settings keeps it.
+    import msgspec
+
+    from obque.commit import Committer
+    from obque.core import NewJob, Push
+    from obque.store import open_store
+
+    Committer(open_store(uri)).commit([Push((NewJob(msgspec.Raw(b'{"n": 1}')),))])
+    same = _queue_file(
+        s3, uri, "--broker-url", URL, "--broker-id", "cf:a", "--config", '{"max_attempts": 9}'
+    )
+    assert same.returncode == 0, same.stderr
+    assert "exists, revision 3" in same.stdout  # nothing written
+    moved = _queue_file(s3, uri, "--broker-url", "https://new.example/", "--broker-id", "cf:a")
+    assert moved.returncode == 0, moved.stderr
+    doc = read(s3, bucket)
+    assert doc["broker"]["url"] == "https://new.example/"
+    assert doc["broker"]["epoch"] == 2  # fences whoever led the queue before
+    assert (doc["revision"], len(doc["jobs"]), doc["config"]["max_attempts"]) == (4, 1, 4)
+
+    refused = _queue_file(s3, f"s3://{bucket}/other.json", "--broker-url", URL, "--broker-id", "x")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("queue_file: ") and "other.json" in refused.stderr
+    assert "Traceback" not in refused.stderr

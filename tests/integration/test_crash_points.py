@@ -197,6 +197,27 @@ class Traffic:
             await asyncio.gather(*tasks)
 
 
+MIN_KILLS, MAX_KILLS = 3, 8
+
+
+def answers_lost_with_the_broker(traffic: Traffic, landed: list[dict[str, Any]]) -> tuple[int, int]:
+    """(pushes, claimed jobs) that a killed commit stored but whose answers died with the
+    broker, as far as the traffic has seen. Read at least a second after a kill (a
+    restart), when any answer still in flight at the kill has arrived or never will."""
+    pushes = 0
+    for tag, (kills, _, duplicate) in dict(traffic.unanswered_pushes).items():
+        held = {job["key"] for k in kills if k for job in landed[k - 1]["jobs"]}
+        pushes += duplicate and tag in held
+    seen = {(job_id, attempt) for job_id, attempt, _ in list(traffic.deliveries)}
+    claimed = sum(
+        1
+        for snapshot in landed
+        for job in snapshot["jobs"]
+        if "claim" in job and (job["id"], job["attempts"]) not in seen
+    )
+    return pushes, claimed
+
+
 def test_kills_between_commit_and_answers_lose_nothing_acknowledged(
     brokers: BrokerFactory,
 ) -> None:
@@ -215,13 +236,19 @@ def test_kills_between_commit_and_answers_lose_nothing_acknowledged(
     landed: list[dict[str, Any]] = []
     restarts: list[float] = []
     try:
-        for _ in range(3):
+        while True:
             wait_until(lambda: len(traffic.ids) >= 100 * (len(landed) + 1), timeout=60, what="load")
+            # At least MIN_KILLS kills; more (up to MAX_KILLS) until one caught a commit
+            # whose answers had not all gone out -- the window this test is about. (A kill
+            # can land on a commit whose answers were all sent, or a heartbeat-only one.)
+            if len(landed) >= MIN_KILLS and (
+                sum(answers_lost_with_the_broker(traffic, landed)) or len(landed) >= MAX_KILLS
+            ):
+                break
             landed.append(json.loads(kill_after_next_commit(broker, path, traffic.count_kill)))
             killed = time.monotonic()
             broker = brokers.start(root, port=broker.port)  # same address: takes over at once
             restarts.append(time.monotonic() - killed)
-        wait_until(lambda: len(traffic.ids) >= 100 * (len(landed) + 1), timeout=60, what="load")
         pushed.set()
         wait_until(lambda: not json.loads(path.read_bytes())["jobs"], timeout=60, what="drain")
     finally:
@@ -259,6 +286,12 @@ def test_kills_between_commit_and_answers_lose_nothing_acknowledged(
                 ghost_claims += 1
                 later = [a for (i, a) in seen if i == job["id"] and a > job["attempts"]]
                 assert later, f"job {job['id']} claimed by a dead request never came back"
+
+    # The kills hit the window: operations that landed while their answers died.
+    assert landed_unanswered + ghost_claims > 0, (
+        f"{len(landed)} kills, none between commit and answers"
+    )
+    assert (landed_unanswered, ghost_claims) == answers_lost_with_the_broker(traffic, landed)
 
     figures = {
         "kills": len(landed),

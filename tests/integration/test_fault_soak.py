@@ -8,8 +8,9 @@ its store calls fail as injected conflicts, 5xx errors, timeouts, or ambiguous w
   mixing both, and deliberate re-pushes of a key;
 * in-process consumers claim with short leases and abandon some claims (no ack, no
   heartbeat), so those leases lapse and the jobs come back;
-* ``Worker`` subprocesses (heartbeats on) are SIGKILLed at random and restarted, so the
-  jobs they held come back when their leases lapse;
+* ``Worker`` subprocesses (heartbeats on) are SIGKILLed and restarted, each kill aimed at
+  a worker in the middle of a job it logged (so the jobs it held come back when their
+  leases lapse), every ~``kill_every_s``;
 * some jobs fail their first attempt (nacked with backoff), and a few are *doomed*:
   every handler fails them, and they may be tried twice (``max_attempts=2``).
 
@@ -17,8 +18,13 @@ Checked at the end, from the queue file and from what every party recorded: ever
 job was delivered and acked, but the doomed ones, which are exactly the dead letters
 (each after its two attempts); none lost; no push duplicated (the client keys every
 push); no job delivered again after an ack was answered ok; no (job, attempt) delivered
-twice; and the queue's counters agree with what the workers saw. Duplicate deliveries
-are allowed (at-least-once); they are counted and split by cause. Each run prints one
+twice; and the queue's counters agree with what the workers saw: every claim ends in
+exactly one ack, nack or expiry, so ``acked + nacked + expired`` is the number of claims,
+and ``nacked`` and ``expired`` sit between what the parties saw for sure and that plus
+what they could not confirm. The chaos must have happened: workers killed, the killed
+ones having delivered jobs, some killed mid-job with those jobs delivered again, claims
+abandoned. Duplicate deliveries are allowed (at-least-once); they are counted and split
+by cause. Each run prints one
 ``fault-soak`` JSON line with its figures (``-rP`` shows it); docs/reliability.md quotes
 them.
 
@@ -31,7 +37,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -45,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 pytest.register_assert_rewrite("broker_proc")
 
@@ -126,6 +132,7 @@ class Ledger:
     acked: list[tuple[str, int]] = field(default_factory=list)
     ack_lost: int = 0
     nacked: list[tuple[str, int]] = field(default_factory=list)
+    nack_lost: int = 0
     abandoned: list[tuple[str, int]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -149,6 +156,9 @@ class Soak:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     worker_logs: list[Path] = field(default_factory=list)
     kills: int = 0
+    #: Worker logs of the processes killed, and what each had delivered and not settled.
+    killed_logs: list[Path] = field(default_factory=list)
+    stranded: set[tuple[str, int]] = field(default_factory=set)
     env: dict[str, str] = field(default_factory=dict)
 
     def client(self) -> Client:
@@ -235,9 +245,12 @@ class Soak:
                     try:
                         doomed = job.payload.get("doom")
                         if doomed or (job.payload.get("fail") and job.attempt == 1):
-                            if job.nack(error="planned failure"):
-                                with ledger.lock:
+                            landed = job.nack(error="planned failure")
+                            with ledger.lock:
+                                if landed:
                                     ledger.nacked.append(ref)
+                                else:
+                                    ledger.nack_lost += 1
                             continue
                         ok = job.ack()
                     except ObqueError as exc:
@@ -269,17 +282,32 @@ class Soak:
         self.worker_logs.append(log)
 
     def chaos(self) -> None:
-        """SIGKILL a random worker every ``kill_every_s`` (jittered) and start a new one."""
+        """Every ``kill_every_s`` (jittered), SIGKILL a worker in the middle of a job --
+        one whose log shows a delivery it has not settled -- and start a new one. The
+        first kill comes as soon as a worker is mid-job, so every run has one."""
         rng = random.Random(self.plan.seed * 4000)
-        while not self.stop.wait(self.plan.kill_every_s * rng.uniform(0.5, 1.5)):
-            alive = [p for p in self.workers if p.poll() is None]
-            if not alive:
+        pause = 0.0
+        while not self.stop.wait(pause):
+            victim = self.busy_worker(rng)
+            if victim is None:
+                pause = 0.1  # nobody mid-job right now: look again shortly
                 continue
-            victim = rng.choice(alive)
-            victim.send_signal(signal.SIGKILL)
-            victim.wait(10)
+            proc, log = victim
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
             self.kills += 1
+            self.killed_logs.append(log)
+            self.stranded |= unsettled(read_records(log))
             self.start_worker()
+            pause = self.plan.kill_every_s * rng.uniform(0.5, 1.5)
+
+    def busy_worker(self, rng: random.Random) -> tuple[subprocess.Popen[bytes], Path] | None:
+        busy = [
+            (proc, log)
+            for proc, log in zip(self.workers, self.worker_logs, strict=True)
+            if proc.poll() is None and unsettled(read_records(log))
+        ]
+        return rng.choice(busy) if busy else None
 
     def stop_workers(self) -> None:
         for proc in self.workers:
@@ -292,25 +320,47 @@ class Soak:
                 proc.kill()
                 proc.wait(10)
 
-    def worker_records(self) -> list[dict[str, Any]]:
-        records = []
-        for path in self.worker_logs:
-            if not path.exists():
-                continue
-            for line in path.read_text().splitlines():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # the line a SIGKILL cut short: that job was never acked
-        return records
+    def worker_records(self, logs: list[Path] | None = None) -> list[dict[str, Any]]:
+        return [
+            r for path in (self.worker_logs if logs is None else logs) for r in read_records(path)
+        ]
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """One worker's log (``[]`` before it wrote any)."""
+    records = []
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the line a SIGKILL cut short: that job was never acked
+    return records
+
+
+#: What a worker logs once a delivery is settled (or given up: "lost", "released").
+SETTLED = ("acked", "nacked", "lost", "released")
+
+
+def unsettled(records: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    """Deliveries a worker logged and has not (yet) logged a settlement for."""
+    got = {(r["id"], r["a"]) for r in records if r["e"] == "got"}
+    return got - {(r["id"], r["a"]) for r in records if r["e"] in SETTLED}
 
 
 def metric_values(broker: BrokerProcess, metric: str) -> dict[str, float]:
     """``{kind: value}`` of one labelled metric of the soak queue, from /metrics."""
     with broker.client() as http:
         text = http.get("/metrics").text
-    pattern = rf'^{metric}{{queue="{QUEUE}",kind="([^"]+)"}} (\S+)$'
-    return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
+    return {
+        sample.labels["kind"]: float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == metric and sample.labels.get("queue") == QUEUE
+    }
 
 
 def create_queue_through(broker: BrokerProcess, plan: Plan) -> None:
@@ -363,6 +413,9 @@ def run_soak(brokers: BrokerFactory, root_uri: str, queue_uri: str, plan: Plan) 
             state = soak.read()
             return not state.jobs
 
+        # A run with no worker killed mid-job would prove nothing about crashes.
+        wait_until(lambda: soak.stranded, timeout=plan.budget_s, what="a worker killed mid-job")
+
         wait_until(drained, timeout=plan.budget_s, what="every job to be acked", interval=0.5)
         elapsed = time.monotonic() - started
     finally:
@@ -413,16 +466,44 @@ def check_and_measure(soak: Soak, pushed_s: float, elapsed: float) -> dict[str, 
     assert not late, f"delivered again after an ack was answered ok: {late[:5]}"
     assert not set(acked_at) & set(dead), "a job both acked and dead"
 
-    # The counters agree with what the workers saw.
-    assert final.stats.nacked >= len(nacked)
-    assert final.stats.expired >= len(ledger.abandoned)
+    # The chaos happened: workers were killed after delivering jobs, some mid-job, and
+    # jobs stranded by a kill were delivered again; consumers abandoned claims.
+    worker_deliveries = [(r["id"], r["a"]) for r in records if r["e"] == "got"]
+    killed_deliveries = [r for r in soak.worker_records(soak.killed_logs) if r["e"] == "got"]
+    assert soak.kills > 0 and worker_deliveries and killed_deliveries, "no worker was killed"
+    latest = {job_id: max(seen) for job_id, seen in _attempts(deliveries).items()}
+    came_back = {(j, a) for j, a in soak.stranded if latest[j] > a}
+    assert came_back, f"no job stranded by a kill was delivered again: {soak.stranded}"
+    assert ledger.abandoned, "no claim was abandoned"
+
+    # The counters agree with what the parties saw. Each claim ends in exactly one ack,
+    # nack or expiry, and raised the job's attempt by one; an acked job's last attempt
+    # is the one delivered and acked, a dead letter's count is in the file.
+    claims = sum(latest[job_id] for job_id in ids - set(dead))
+    claims += sum(job.attempts for job in dead.values())
+    s = final.stats
+    assert s.acked + s.nacked + s.expired == claims, (s, claims)
+    # Settlements nobody could confirm: answered lease_lost (perhaps after landing),
+    # released at shutdown, or cut off by a kill before the worker logged them.
+    worker_unconfirmed = sum(1 for r in records if r["e"] in ("lost", "released"))
+    worker_unconfirmed += sum(len(unsettled(read_records(log))) for log in soak.worker_logs)
+    unconfirmed = ledger.nack_lost + ledger.ack_lost + worker_unconfirmed
+    assert len(nacked) <= s.nacked <= len(nacked) + unconfirmed, (s, len(nacked), unconfirmed)
+    # An expiry is a claim with no landed settlement: abandoned on purpose, unconfirmed,
+    # or never delivered at all (a claim whose answer was lost).
+    never_answered = claims - len(deliveries)
+    assert len(ledger.abandoned) <= s.expired, (s, len(ledger.abandoned))
+    assert s.expired <= len(ledger.abandoned) + unconfirmed + never_answered, (
+        s,
+        len(ledger.abandoned),
+        unconfirmed,
+        never_answered,
+    )
 
     # Each delivery after a job's first is planned when the one before it was nacked or
     # abandoned on purpose, unplanned otherwise (a killed worker, a lapsed heartbeat, a
     # claim whose answer was lost).
-    attempts: dict[str, list[int]] = {}
-    for job_id, attempt in deliveries:
-        attempts.setdefault(job_id, []).append(attempt)
+    attempts = _attempts(deliveries)
     on_purpose = set(nacked) | set(ledger.abandoned)
     redeliveries = planned = 0
     for job_id, seen in attempts.items():
@@ -444,6 +525,11 @@ def check_and_measure(soak: Soak, pushed_s: float, elapsed: float) -> dict[str, 
         "of_which_unplanned": redeliveries - planned,
         "unplanned_rate": round((redeliveries - planned) / plan.jobs, 4),
         "worker_kills": soak.kills,
+        "worker_deliveries": len(worker_deliveries),
+        "stranded_by_kills": len(soak.stranded),
+        "stranded_delivered_again": len(came_back),
+        "abandoned": len(ledger.abandoned),
+        "claims_never_answered": never_answered,
         "acks_answered_lease_lost": lost,
         "dead_letters": len(dead),
         "expired": final.stats.expired,
@@ -454,6 +540,13 @@ def check_and_measure(soak: Soak, pushed_s: float, elapsed: float) -> dict[str, 
     assert sum(faults.values()) > 0, "no faults were injected: is ?faults= applied?"
     print("fault-soak " + json.dumps(figures))
     return figures
+
+
+def _attempts(deliveries: list[tuple[str, int]]) -> dict[str, list[int]]:
+    by_job: dict[str, list[int]] = {}
+    for job_id, attempt in deliveries:
+        by_job.setdefault(job_id, []).append(attempt)
+    return by_job
 
 
 # -- the runs ------------------------------------------------------------------------------

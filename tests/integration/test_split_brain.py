@@ -16,7 +16,8 @@
 
 A watcher thread reads the queue file every few milliseconds and keeps every revision it
 sees with the broker record it names; figures are printed as one ``split-brain`` JSON
-line per test (``-rP``).
+line per test (``-rP``). The takeover runs on the file store and on SeaweedFS (S3, whose
+compare-and-set is a conditional PUT rather than a lock and a rename).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import re
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 pytest.register_assert_rewrite("broker_proc")
 
@@ -48,12 +51,14 @@ from broker_proc import (  # noqa: E402
     wait_until,
 )
 from lambda_events import function_url_event, to_response  # noqa: E402
+from servers import StoreServer  # noqa: E402
 
 from obque.broker.aws import build_handler  # noqa: E402
 from obque.broker.settings import BrokerSettings  # noqa: E402
 from obque.client import Client  # noqa: E402
 from obque.client.retry import RetryPolicy  # noqa: E402
 from obque.core import ObqueError  # noqa: E402
+from obque.store import open_store  # noqa: E402
 
 pytest_plugins = ["broker_proc"]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -65,11 +70,39 @@ PATIENT = RetryPolicy(attempts=40, base_seconds=0.05, cap_seconds=1.0)
 # -- watching the file ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where the brokers' root and the queue file live: a directory or a bucket prefix."""
+
+    root: str
+    queue_uri: str
+    read: Callable[[], bytes]
+    #: How often the watcher reads the file (a GET costs more than a local read).
+    interval: float = 0.002
+
+
+def file_place(brokers: BrokerFactory) -> Place:
+    path = brokers.root_dir() / f"{QUEUE}.json"
+    return Place(brokers.root(), path.resolve().as_uri(), path.read_bytes)
+
+
+def s3_place(server: StoreServer) -> Place:
+    root = server.uri(f"split-{uuid.uuid4().hex[:8]}/")
+    store = open_store(f"{root}{QUEUE}.json")
+
+    def read() -> bytes:
+        snap = store.read()
+        assert snap is not None, f"no queue file under {root}"
+        return snap.data
+
+    return Place(root, f"{root}{QUEUE}.json", read, interval=0.02)
+
+
 @dataclass
 class Watcher:
     """Reads ``q.json`` in a loop; keeps (revision, broker id, epoch) of every revision seen."""
 
-    path: Path
+    place: Place
     seen: dict[int, tuple[str, int]] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -80,11 +113,11 @@ class Watcher:
         return self
 
     def run(self) -> None:
-        while not self.stop.wait(0.002):
+        while not self.stop.wait(self.place.interval):
             self.look()
 
     def look(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(self.path.read_bytes())
+        doc: dict[str, Any] = json.loads(self.place.read())
         record = doc.get("broker") or {}
         self.seen.setdefault(doc["revision"], (record.get("id", ""), record.get("epoch", 0)))
         return doc
@@ -219,21 +252,26 @@ def assert_no_lost_update(load: Load, doc: dict[str, Any], extra_tags: int = 0) 
 def metric(broker: BrokerProcess, name: str, labels: str = "") -> float:
     with broker.client() as http:
         text = http.get("/metrics").text
-    inner = f'queue="{QUEUE}"' + (f",{labels}" if labels else "")
-    found = re.search(rf"^{name}{{{re.escape(inner)}}} (\S+)$", text, re.MULTILINE)
-    assert found is not None, f"{name}{{{inner}}} not in /metrics"
-    return float(found[1])
+    wanted = {"queue": QUEUE, **dict(re.findall(r'(\w+)="([^"]*)"', labels))}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == wanted:
+                return float(sample.value)
+    raise AssertionError(f"{name}{wanted} not in /metrics")
 
 
 def writes_of(broker: BrokerProcess) -> float:
     return metric(broker, "obque_store_requests_total", 'kind="writes"')
 
 
-def start_leader(brokers: BrokerFactory, **options: Any) -> tuple[BrokerProcess, Watcher]:
-    a = brokers.start(brokers.root(), **options)
+def start_leader(
+    brokers: BrokerFactory, place: Place | None = None, **options: Any
+) -> tuple[BrokerProcess, Watcher]:
+    place = place or file_place(brokers)
+    a = brokers.start(place.root, **options)
     with a.client() as http:
         assert http.put(f"/v1/queues/{QUEUE}", json={"lease_seconds": 5}).status_code == 201
-    watcher = Watcher(brokers.root_dir() / f"{QUEUE}.json")
+    watcher = Watcher(place)
     wait_until(
         lambda: (watcher.look().get("broker") or {}).get("url") == a.advertised,
         timeout=15,
@@ -253,20 +291,30 @@ def drained(watcher: Watcher) -> Callable[[], bool]:
 # -- two long-running brokers ----------------------------------------------------------------
 
 
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.slow)])
+def place(request: pytest.FixtureRequest, brokers: BrokerFactory) -> Place:
+    """The file store, or a prefix of the SeaweedFS bucket (its variables applied, so
+    the brokers started after this inherit them)."""
+    if request.param == "file":
+        return file_place(brokers)
+    server: StoreServer = request.getfixturevalue("seaweedfs_s3")
+    return s3_place(server)
+
+
 def test_a_second_broker_takes_over_a_busy_queue_and_fences_the_first(
-    brokers: BrokerFactory,
+    brokers: BrokerFactory, place: Place
 ) -> None:
     # A heartbeats every 10 s; B calls a heartbeat older than 0.6 s stale, so B takes the
     # queue while A is alive and committing. A (timeout 30 s) never takes it back.
-    a, watcher = start_leader(brokers, broker_timeout="30")
-    load = Load(queue_uri(brokers)).start()
+    a, watcher = start_leader(brokers, place, broker_timeout="30")
+    load = Load(place.queue_uri).start()
     wait_until(lambda: load.pushed() >= 200, timeout=60, what="200 pushes through A")
     a_epoch = watcher.look()["broker"]["epoch"]
 
     port = free_port()
     started = time.monotonic()
     b = brokers.start(
-        brokers.root(), port=port, advertise=f"http://localhost:{port}", broker_timeout="0.6"
+        place.root, port=port, advertise=f"http://localhost:{port}", broker_timeout="0.6"
     )
     record = wait_until(
         lambda: (r := watcher.look()["broker"])["url"] == b.advertised and r,
@@ -302,6 +350,7 @@ def test_a_second_broker_takes_over_a_busy_queue_and_fences_the_first(
     assert assert_fenced_history(history) == 2
     figures = {
         "test": "takeover",
+        "store": place.root.partition(":")[0],
         "pushed": len(load.ids),
         "takeover_s": round(took_over - started, 2),
         "longest_push_stall_s": round(load.longest_stall(started, took_over + 10), 2),

@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 import http.server
 import itertools
+import json
 import random
-import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 # broker_proc is also loaded as a plugin (its fixtures and report hook); have its asserts
 # rewritten before the import below, as pytest does for plugins.
@@ -36,6 +38,7 @@ from broker_proc import (  # noqa: E402
     read_queue_file,
     wait_until,
 )
+from servers import StoreServer  # noqa: E402
 
 from obque.client import AsyncClient, AsyncJob, Client, PushItem, RetryPolicy  # noqa: E402
 from obque.commit import create_queue  # noqa: E402
@@ -80,19 +83,24 @@ def wait_advertised(root_dir: Path, name: str, broker: BrokerProcess) -> None:
     )
 
 
+def sample(broker: BrokerProcess, name: str, **labels: str) -> float:
+    """One sample of the broker's /metrics, parsed (0 when absent)."""
+    text = httpx.get(f"{broker.url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return float(found.value)
+    return 0.0
+
+
 def metric(broker: BrokerProcess, name: str, queue: str) -> float:
     """One per-queue sample from the broker's /metrics (0 when absent)."""
-    text = httpx.get(f"{broker.url}/metrics", timeout=10).text
-    found = re.search(rf'^{name}{{queue="{re.escape(queue)}"}} (\S+)$', text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    return sample(broker, name, queue=queue)
 
 
 def metric_kind(broker: BrokerProcess, kind: str, queue: str = "q") -> float:
     """The broker's store requests of one kind (reads, writes, errors, conflicts...)."""
-    text = httpx.get(f"{broker.url}/metrics", timeout=10).text
-    pattern = rf'^obque_store_requests_total{{queue="{queue}",kind="{kind}"}} (\S+)$'
-    found = re.search(pattern, text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    return sample(broker, "obque_store_requests_total", queue=queue, kind=kind)
 
 
 def ops_through(broker: BrokerProcess, queue: str) -> float:
@@ -584,6 +592,77 @@ def test_embedded_client_hands_over_to_a_new_broker(brokers: BrokerFactory) -> N
     assert before != after
 
 
+# -- queue files in object stores ---------------------------------------------------------------
+
+
+def advertised_at(uri: str) -> str | None:
+    """The broker URL the queue object at ``uri`` advertises."""
+    snap = open_store(uri).read()
+    if snap is None:
+        return None
+    url: str | None = (json.loads(snap.data).get("broker") or {}).get("url")
+    return url
+
+
+@pytest.mark.parametrize("server", ["seaweedfs_s3", "fake_gcs"], ids=["s3", "gs"])
+def test_cloud_queue_file_resolves_to_its_broker(
+    request: pytest.FixtureRequest, brokers: BrokerFactory, server: str
+) -> None:
+    """``Client("s3://…")`` / ``Client("gs://…")`` reads the object, finds the broker
+    serving that root, and every operation goes through it."""
+    store: StoreServer = request.getfixturevalue(server)  # env applied: brokers inherit it
+    prefix = f"client-{uuid.uuid4().hex[:8]}"
+    uri = store.uri(f"{prefix}/emails.json")
+    assert uri.startswith(f"{store.scheme}://")
+    created, _ = create_queue(open_store(uri), "emails")
+    assert created
+    broker = brokers.start(store.uri(f"{prefix}/"))
+    wait_until(
+        lambda: advertised_at(uri) == broker.advertised,
+        timeout=30,
+        what=f"{broker} to advertise itself in {uri}",
+    )
+
+    with Client(uri) as q:
+        assert q.queue == "emails"
+        ids = [q.push({"n": n}) for n in range(3)]
+        (job,) = q.claim("w1")
+        assert job.payload == {"n": 0}
+        assert job.ack()
+        stats = q.stats()
+
+    async def apush() -> str:
+        async with AsyncClient(uri) as aq:
+            return await aq.push("async")
+
+    ids.append(asyncio.run(apush()))
+    assert len(set(ids)) == 4
+    assert stats["broker"]["url"] == broker.url
+    assert (stats["pushed"], stats["acked"]) == (3, 1)
+    # Pushes, the claim and the ack were all committed by the broker, not in-process.
+    assert ops_through(broker, "emails") == 6
+    in_store = json.loads(open_store(uri).read().data)  # type: ignore[union-attr]
+    assert sorted(j["id"] for j in in_store["jobs"]) == sorted(ids[1:])
+
+
+def test_cloud_queue_without_a_broker_is_one_clear_error(seaweedfs_s3: StoreServer) -> None:
+    """An s3:// queue nobody serves is not served in-process behind the user's back: the
+    error names the object and the ways out (a broker, or ``direct=True``)."""
+    uri = seaweedfs_s3.uri(f"client-{uuid.uuid4().hex[:8]}/lonely.json")
+    create_queue(open_store(uri), "lonely")
+    with Client(uri) as q, pytest.raises(InvalidRequest) as raised:
+        q.push(1)
+    message = raised.value.message
+    assert "\n" not in message
+    assert f"{uri} advertises no broker" in message
+    assert "obque broker" in message and "direct=True" in message
+    # As the message says: direct=True commits to the object from this process.
+    with Client(uri, direct=True) as q:
+        q.push("direct")
+        assert q.stats()["pushed"] == 1
+    assert advertised_at(uri) is None
+
+
 # -- failover and faults ------------------------------------------------------------------------
 
 
@@ -658,6 +737,33 @@ def test_failover_to_a_standby_loses_no_push(brokers: BrokerFactory) -> None:
     assert sorted(j["id"] for j in in_file["jobs"]) == sorted(ids)
     keyed_ns = [j["payload"]["n"] for j in in_file["jobs"] if "keyed" in j["payload"]]
     assert sorted(keyed_ns) == list(range(len(keyed_ns)))
+
+
+def test_the_default_policy_rides_out_a_crash_failover(brokers: BrokerFactory) -> None:
+    """No retry policy given: a push sent while the leader is dead waits for the standby
+    (default --broker-timeout 10 s: it takes over 10-13 s after the crash) and lands once."""
+    root_dir = brokers.root_dir()
+    uri = make_queue(root_dir, "q")
+    first = brokers.start(brokers.root())
+    wait_advertised(root_dir, "q", first)
+    standby = brokers.start(brokers.root())  # waits while the leader's heartbeat is fresh
+    with Client(uri) as q:
+        ids = [q.push({"n": n}) for n in range(3)]
+        assert ops_through(first, "q") == 3
+        first.kill()
+        # Sent while the dead broker is still advertised (the standby waits 10 s for its
+        # heartbeat to age): refused, re-read, retried until the standby leads.
+        assert advertised(root_dir, "q") == first.advertised
+        ids.append(q.push({"n": 3}))
+        ids.append(q.push({"n": 4}, key="after-the-crash"))
+        stats = q.stats()
+    assert advertised(root_dir, "q") == standby.url
+    assert stats["broker"]["url"] == standby.url
+    assert ops_through(standby, "q") == 2
+    assert len(set(ids)) == len(ids) == 5
+    assert stats["pushed"] == 5
+    in_file = read_queue_file(root_dir, "q")
+    assert sorted(j["id"] for j in in_file["jobs"]) == sorted(ids)
 
 
 def test_client_follows_not_leader_to_the_new_broker(brokers: BrokerFactory) -> None:

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Build deployment artefacts under ``.build/`` without Docker.
 
-    .venv/bin/python infra/build_bundle.py aws   # .build/aws-lambda/   (template.yaml's CodeUri)
+    .venv/bin/python infra/build_bundle.py aws   # .build/aws-lambda/ (or --out DIR)
     .venv/bin/python infra/build_bundle.py gcp   # .build/gcp-function/ (infra/gcp's source_dir)
 
-``cdk synth`` builds the Lambda bundle by itself; this is for ``sam deploy`` and Terraform.
+``cdk synth`` builds the Lambda bundle by itself, and ``sam build`` runs the ``aws``
+target through ``infra/sam/Makefile`` (``--out $(ARTIFACTS_DIR)``); run ``gcp`` before
+``terraform apply``.
 """
 
 import argparse

@@ -20,3 +20,8 @@ output "bucket" {
 output "broker_service_account" {
   value = google_service_account.broker.email
 }
+
+output "broker_id" {
+  description = "How the queue files' broker record names this deployment (infra/queue_file.py --broker-id)."
+  value       = "cloudfunctions:${google_cloudfunctions2_function.broker.name}"
+}

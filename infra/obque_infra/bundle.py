@@ -19,7 +19,8 @@ Bundles are cached under ``.build/cache/`` by a key over everything that goes in
 copies (hard-links) a finished directory instead of running pip. Resolved versions are not
 part of the key: delete ``.build/cache/`` to pick up newer dependencies.
 
-``python infra/build_bundle.py aws`` writes the bundle to ``.build/aws-lambda/`` for SAM.
+``python infra/build_bundle.py aws --out DIR`` writes the bundle to DIR: ``sam build``
+runs it through ``infra/sam/Makefile``.
 """
 
 from __future__ import annotations

@@ -206,6 +206,8 @@ def test_queue_file_is_created_once_and_never_destroyed(module: dict[str, Any]) 
     assert call["broker_url"] == uri
     outputs = {name: body for block in module["output"] for name, body in block.items()}
     assert outputs["function_url"]["value"] == uri
+    # What infra/queue_file.py needs to re-point the files (docs/deploy.md): the same id.
+    assert outputs["broker_id"]["value"] == call["broker_id"]
 
 
 def test_queue_file_content_is_a_queue_obque_reads(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import signal
 import time
 from pathlib import Path
@@ -398,3 +399,37 @@ def test_a_paused_leader_is_fenced_on_resume_and_loses_nothing(brokers: BrokerFa
     assert state["broker"]["url"] == b.advertised
     with a.client() as client:
         assert 'obque_leader{queue="q"} 0' in client.get("/metrics").text
+
+
+def log_events(broker: BrokerProcess) -> list[dict[str, Any]]:
+    """The broker's structured log lines (JSON, one per line; the CLI's banner is not)."""
+    return [json.loads(line) for line in broker.log().splitlines() if line.startswith("{")]
+
+
+def test_fencing_is_logged_as_a_structured_line(brokers: BrokerFactory) -> None:
+    root_uri = brokers.root()
+    a = brokers.start(root_uri, broker_timeout=TIMEOUT)
+    with a.client() as client:
+        assert client.put("/v1/queues/q").status_code == 201
+    mine = wait_until(lambda: led_by(brokers.root_dir(), a), timeout=10, what="A to lead")
+    other = "http://127.0.0.1:9/newer-broker"
+    usurp(root_uri, other, heartbeat_ahead_s=60)
+    assert_not_leader(push_one(a, "lost?"), other)
+
+    def fenced() -> dict[str, Any] | None:
+        lines = [e for e in log_events(a) if e.get("event") == "leader_fenced"]
+        return lines[0] if lines else None
+
+    line = wait_until(fenced, timeout=10, what="the fencing line in A's log")
+    assert (line["queue"], line["leader"], line["epoch"]) == ("q", other, mine["epoch"])
+    assert (line["level"], line["logger"]) == ("warning", "obque.commit")
+    assert other in line["msg"]
+    assert a.stop() in (0, -signal.SIGTERM)
+    events = log_events(a)
+    # Every line the process logged is JSON with the same four keys first.
+    assert all(list(e)[:4] == ["ts", "level", "logger", "msg"] for e in events), events
+    taken = [e for e in events if e.get("event") == "leader_acquired"]
+    assert [(e["queue"], e["url"], e["epoch"]) for e in taken] == [("q", a.advertised, 1)]
+    # Fenced once, not again on every wake of its writer; it never claims to release.
+    assert [e.get("event") for e in events].count("leader_fenced") == 1
+    assert not [e for e in events if e.get("event") == "leader_released"]

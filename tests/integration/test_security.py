@@ -18,6 +18,7 @@ import asyncio
 import base64
 import inspect
 import itertools
+import json
 import os
 import re
 import signal
@@ -337,6 +338,11 @@ def test_no_token_lease_or_payload_reaches_the_logs(brokers: BrokerFactory) -> N
     assert broker.stop() in (0, -signal.SIGTERM)  # logs flushed: the process has ended
     log = broker.log()
     assert "queue_file_corrupt" in log  # the log did record what went wrong...
+    # (every line is JSON but the CLI's banner, so the fields can be searched as fields)
+    lines = log.splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [line for line in lines if not line.startswith("{")] == lines[:1], lines[:3]
+    assert any(r["msg"].startswith("queue_file_corrupt") for r in records), records
     assert TOKEN not in log  # ...but no secret
     assert TOKEN[4:20] not in log
     assert not [lease for lease in leases if lease in log]

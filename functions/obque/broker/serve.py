@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 import signal
 import socket
 from types import FrameType
 
 from obque.broker.app import create_app
+from obque.broker.logs import configure_logging
 from obque.broker.settings import BrokerSettings
 from obque.core import InvalidRequest, MissingDependency
 
@@ -59,7 +59,7 @@ def serve(
             "running a broker process needs uvicorn: pip install 'obque[server]'"
         ) from exc
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    configure_logging(log_level)  # JSON lines on stderr (``obque.broker.logs``)
     # uvicorn drains on SIGTERM (no new connections, in-flight requests answered, then the
     # lifespan shutdown commits what is pending and withdraws the URL), and then re-raises
     # the signal so that the process dies of it: exit status -15 / 143, which a supervisor
@@ -76,6 +76,7 @@ def serve(
         http="auto",  # httptools when installed
         access_log=access_log,
         log_level=log_level,
+        log_config=None,  # uvicorn's loggers propagate to the JSON handler set up above
         timeout_graceful_shutdown=30,
     )
 

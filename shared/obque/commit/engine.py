@@ -42,6 +42,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 
 from obque.commit.cas import Committer
+from obque.commit.events import CommitListener, CommitLog, CommitRecord
 from obque.commit.leader import Leadership
 from obque.commit.payloads import Payloads
 from obque.core import (
@@ -106,6 +107,10 @@ class QueueEngine:
         #: in-process client uses it to notice that a broker now serves the queue).
         self.guard = guard
         self.stats = EngineStats()
+        #: Called with a ``CommitRecord`` after each landed commit, before its callers
+        #: are answered (the broker's metrics observe commits through this).
+        self.commit_listeners: list[CommitListener] = []
+        self.log = CommitLog(self.name)
         self._pending: list[tuple[Op, Answer]] = []
         self._cond = threading.Condition()
         # Submitters wake the writer once this many operations are pending.
@@ -210,6 +215,11 @@ class QueueEngine:
             if abandoned is not None and await abandoned():
                 return ClaimResult(())
 
+    @property
+    def parked_claims(self) -> int:
+        """Long-poll claims waiting here for a job right now."""
+        return len(self._waiters)
+
     def read_state(self) -> QueueState:
         """The queue as this process last committed or read it (read once if needed)."""
         return self.committer.snapshot()
@@ -241,9 +251,13 @@ class QueueEngine:
         lead = self.leadership
         if lead is None or not lead.is_leader:
             return
-        with contextlib.suppress(ObqueError):
+        try:
             self.committer.commit([lead.release_op()], check=lead.check)
-        lead.fenced_by = "nobody (stopped)"
+        except ObqueError:
+            return  # fenced meanwhile, or the store is down: nothing was withdrawn
+        finally:
+            lead.fenced_by = "nobody (stopped)"
+        self.log.released(lead.epoch)
 
     # -- long-poll signal -----------------------------------------------------------------
 
@@ -332,7 +346,6 @@ class QueueEngine:
         # Overdue: writing the last one failed; try again soon, but not in a tight loop.
         return min(every, due) if due > 0 else every / 10
 
-
     def _write_loop(self) -> None:
         if self.leadership is not None:
             self._commit_batch([])  # take leadership (or learn who has it) right away
@@ -376,6 +389,7 @@ class QueueEngine:
     def _commit_batch(self, batch: list[tuple[Op, Answer]]) -> None:
         ops: list[Op] = [op for op, _ in batch]
         lead = self.leadership
+        was_leader = lead is not None and lead.is_leader
         try:
             if lead is not None:
                 if not lead.is_leader:
@@ -385,31 +399,60 @@ class QueueEngine:
                     ops.append(beat)
             if not ops:
                 return
+            conflicts = self.committer.stats.conflicts
+            started = time.monotonic()
             state, results = self.committer.commit(
                 ops, check=self.guard if lead is None else lead.check
             )
         except NotLeader as exc:
             self._fail(batch, exc)
-            if lead is not None and lead.fenced_by is not None:
-                # Long polls parked here can never be served: woken, their next claim
-                # meets not_leader at once and their callers go to the new broker.
-                self._wake_all()
+            if lead is not None:
+                self._not_leader(lead, was_leader, exc)
             return
         except ObqueError as exc:
             self._fail(batch, exc)
+            self.log.failed(exc.code, exc.message, len(batch))
             return
         except Exception as exc:  # a bug must not leave callers waiting forever
             self._fail(batch, exc)
+            self.log.crashed(exc)
             return
         if lead is not None:
             lead.committed(state)
         self.stats.commits += 1
         self.stats.ops += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        self._observe(
+            CommitRecord(
+                self.name,
+                len(batch),
+                time.monotonic() - started,
+                self.committer.stats.conflicts - conflicts,
+            )
+        )
         # Those pending now came from other callers; the ones answered next will be back.
         self._gather_target = len(self._pending) + len(batch)
         _answer(batch, results)
         self._wake_waiters(state)
+
+    def _not_leader(self, lead: Leadership, was_leader: bool, exc: NotLeader) -> None:
+        leader = exc.broker_url or "nobody"
+        if was_leader and lead.fenced_by is not None:
+            self.log.fenced(lead.epoch, leader)
+        else:
+            self.log.standing_by(leader)  # said once per leader it stands by for
+        if lead.fenced_by is not None:
+            # Long polls parked here can never be served: woken, their next claim meets
+            # not_leader at once and their callers go to the new broker.
+            self._wake_all()
+
+    def _observe(self, record: CommitRecord) -> None:
+        self.log.committed(record)
+        for listener in self.commit_listeners:
+            try:
+                listener(record)
+            except Exception as exc:  # an observer's bug must not stop the writer thread
+                self.log.crashed(exc)
 
     def _acquire(self, lead: Leadership) -> None:
         state = self.committer.state or self.committer.refresh()
@@ -429,12 +472,14 @@ class QueueEngine:
 
         while True:
             try:
-                state, _ = self.committer.commit([lead.claim_op(state, now)], check=still_free)
+                taken, _ = self.committer.commit([lead.claim_op(state, now)], check=still_free)
                 break
             except _RecordMoved as moved:
                 state = moved.state
         lead.fenced_by = None
-        lead.committed(state)
+        lead.committed(taken)
+        previous = state.broker.url if state.broker is not None else None
+        self.log.acquired(lead.url, lead.epoch or 0, previous)
 
     @staticmethod
     def _fail(batch: list[tuple[Op, Answer]], exc: BaseException) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 # broker_proc is also loaded as a plugin (its fixtures and report hook); have its asserts
 # rewritten before the import below, as pytest does for plugins.
@@ -478,7 +479,7 @@ def test_metrics_is_prometheus_text(http: httpx.Client, queue: str) -> None:
     text = response.text
     assert "# TYPE obque_jobs gauge" in text
     assert f'obque_jobs{{queue="{queue}",state="ready"}} 1' in text
-    assert re.search(rf'^obque_commits_total{{queue="{re.escape(queue)}"}} \d+$', text, re.M)
+    assert re.search(rf'^obque_commits_total{{queue="{re.escape(queue)}"}} \S+$', text, re.M)
     for line in text.splitlines():
         assert line.startswith("#") or re.fullmatch(r"[a-z_]+(\{[^}]*\})? \S+", line), line
 
@@ -884,8 +885,8 @@ def test_concurrent_single_pushes_are_group_committed(
     # 200 callers, 60 ms per write: one CAS per caller would be 200 commits (12 s).
     commits = after["commits"] - commits_before
     assert 1 <= commits < 50, commits
-    found = re.search(rf'^obque_commits_total{{queue="{re.escape(name)}"}} (\d+)$', metrics, re.M)
-    assert found is not None and int(found.group(1)) < 60, metrics
+    found = re.search(rf'^obque_commits_total{{queue="{re.escape(name)}"}} (\S+)$', metrics, re.M)
+    assert found is not None and float(found.group(1)) < 60, metrics
 
 
 def test_refused_pushes_do_not_spoil_the_batch_they_ride_in(
@@ -1269,3 +1270,156 @@ def test_broker_configured_only_by_the_environment(brokers: BrokerFactory) -> No
     assert state["broker"]["url"] == broker.url
     assert not (brokers.workdir / ".obque").exists()  # not the default root
     assert broker.stop() == 0, broker.log()
+
+
+# -- /metrics, parsed: what the broker reports after known work --------------------------------
+
+
+@pytest.fixture(scope="module")
+def quiet_broker(module_brokers: BrokerFactory) -> BrokerProcess:
+    """A broker alone on its root, heartbeating every 40 s: its store requests and commit
+    figures move only with what a test does (one test at a time)."""
+    return module_brokers.start(module_brokers.root("quiet"), broker_timeout=120)
+
+
+@pytest.fixture
+def quiet(
+    request: pytest.FixtureRequest, quiet_broker: BrokerProcess, module_brokers: BrokerFactory
+) -> Iterator[httpx.Client]:
+    attach_logs(request, module_brokers)
+    with quiet_broker.client() as client:
+        yield client
+
+
+class Scrape:
+    """One ``GET /metrics``, parsed by prometheus-client's own parser."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        response = http.get("/metrics")
+        assert response.status_code == 200, response.text
+        self.content_type = response.headers["content-type"]
+        self.samples = {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
+
+    def __call__(self, name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        assert key in self.samples, (name, labels, sorted(k[0] for k in self.samples))
+        return self.samples[key]
+
+
+def test_metrics_count_commits_operations_and_jobs_of_known_work(
+    quiet: httpx.Client, request: pytest.FixtureRequest
+) -> None:
+    name = make_queue(quiet, request)
+    for i in range(20):
+        push(quiet, name, {"payload": i})
+    push(quiet, name, *({"payload": i} for i in range(5)))  # 5 jobs, one operation
+    (held,) = claim(quiet, name)
+    got = Scrape(quiet)
+    assert got.content_type.startswith("text/plain; version=0.0.4")
+    commits = got("obque_commits_total", queue=name)
+    assert commits >= 22  # 21 pushes and a claim, one at a time: a commit each
+    assert got("obque_ops_total", queue=name) == 22
+    # The histograms saw every commit, and the operations each one carried.
+    assert got("obque_commit_ops_count", queue=name) == commits
+    assert got("obque_commit_ops_sum", queue=name) == 22
+    assert got("obque_commit_ops_bucket", queue=name, le="1.0") == commits
+    assert got("obque_commit_seconds_count", queue=name) == commits
+    assert 0 < got("obque_commit_seconds_sum", queue=name) < commits * 5
+    assert got("obque_commit_seconds_bucket", queue=name, le="+Inf") == commits
+    # Jobs by state and the file's counters.
+    assert got("obque_jobs", queue=name, state="ready") == 24
+    assert got("obque_jobs", queue=name, state="claimed") == 1
+    assert got("obque_events_total", queue=name, event="pushed") == 25
+    assert got("obque_leader", queue=name) == 1
+    assert got("obque_commit_conflicts_total", queue=name) == 0
+    assert got("obque_store_requests_total", queue=name, kind="writes") >= commits
+    assert got("obque_parked_claims", queue=name) == 0
+    # The oldest ready job was pushed before the scrape; once none is ready, it is 0.
+    assert got("obque_oldest_ready_age_seconds", queue=name) > 0
+    claim(quiet, name, max=100)
+    assert Scrape(quiet)("obque_oldest_ready_age_seconds", queue=name) == 0
+    assert held["id"] == "1"
+
+
+def test_the_broker_does_not_read_the_queue_file_before_each_write(
+    quiet: httpx.Client, request: pytest.FixtureRequest
+) -> None:
+    name = make_queue(quiet, request)
+    push(quiet, name, {"payload": "first"})  # the queue's engine exists and leads
+    before = Scrape(quiet)
+    for i in range(30):
+        push(quiet, name, {"payload": i})
+    after = Scrape(quiet)
+    reads = [s("obque_store_requests_total", queue=name, kind="reads") for s in (before, after)]
+    writes = [s("obque_store_requests_total", queue=name, kind="writes") for s in (before, after)]
+    assert reads[1] == reads[0], reads  # the leader's cached state is the file
+    assert writes[1] - writes[0] >= 30, writes
+
+
+def parked(http: httpx.Client, name: str, n: int) -> bool:
+    """Whether ``n`` long polls are parked on the queue (per the broker's /metrics)."""
+    return Scrape(http)("obque_parked_claims", queue=name) == n
+
+
+def test_a_parked_long_poll_makes_no_store_reads(
+    quiet_broker: BrokerProcess, quiet: httpx.Client, request: pytest.FixtureRequest
+) -> None:
+    name = make_queue(quiet, request)
+    push(quiet, name, {"payload": "engine up"})
+    claim(quiet, name)
+
+    async def scenario() -> tuple[list[float], list[Any]]:
+        async with quiet_broker.async_client() as aclient:
+            poll = asyncio.create_task(
+                aclient.post(f"/v1/queues/{name}/claim", json={"worker": "w", "wait_seconds": 3})
+            )
+            await asyncio.to_thread(
+                wait_until, lambda: parked(quiet, name, 1), timeout=10, what="the poll to park"
+            )
+            reads = [Scrape(quiet)("obque_store_requests_total", queue=name, kind="reads")]
+            response = await poll
+            assert response.status_code == 200, response.text
+            reads.append(Scrape(quiet)("obque_store_requests_total", queue=name, kind="reads"))
+            return reads, response.json()["jobs"]
+
+    reads, jobs = asyncio.run(scenario())
+    assert jobs == []  # nothing came: it waited its 3 s out ...
+    assert reads[1] == reads[0], reads  # ... on an in-memory signal, not by polling the store
+    assert parked(quiet, name, 0)
+
+
+def test_a_nack_with_delay_0_wakes_a_parked_long_poll(
+    quiet_broker: BrokerProcess, quiet: httpx.Client, request: pytest.FixtureRequest
+) -> None:
+    name = make_queue(quiet, request, lease_seconds=60)
+    push(quiet, name, {"payload": "retry me"})
+    (held,) = claim(quiet, name, lease_seconds=60)
+
+    async def scenario() -> tuple[httpx.Response, float]:
+        async with quiet_broker.async_client() as aclient:
+            started = time.monotonic()
+            poll = asyncio.create_task(
+                aclient.post(f"/v1/queues/{name}/claim", json={"worker": "w2", "wait_seconds": 20})
+            )
+            await asyncio.to_thread(
+                wait_until, lambda: parked(quiet, name, 1), timeout=10, what="the poll to park"
+            )
+            nacked = await aclient.post(
+                f"/v1/queues/{name}/nack",
+                json={"leases": [{"id": held["id"], "lease": held["lease"], "delay_seconds": 0}]},
+            )
+            assert nacked.json()["results"] == [{"id": held["id"], "ok": True}], nacked.text
+            response = await poll
+            return response, time.monotonic() - started
+
+    response, elapsed = asyncio.run(scenario())
+    assert response.status_code == 200, response.text
+    (job,) = response.json()["jobs"]
+    assert (job["id"], job["attempt"]) == (held["id"], 2)
+    # Woken by the nack: the lease of the job it held lapses in 60 s and nothing else was
+    # due, so without the wake-up it would have answered empty-handed after its 20 s.
+    assert elapsed < 15, elapsed

@@ -33,7 +33,7 @@ from obque.broker.errors import (
     unexpected_error_response,
 )
 from obque.broker.hot import HOT_VERBS, Handler, HotRoutes
-from obque.broker.metrics import render_metrics
+from obque.broker.metrics import BrokerMetrics
 from obque.broker.queues import QueueRegistry
 from obque.broker.settings import BrokerSettings
 from obque.broker.wire import (
@@ -238,6 +238,8 @@ def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
     )
     app.state.queues = queues
     app.state.settings = settings
+    # Before any engine exists, so every commit is observed.
+    broker_metrics = BrokerMetrics(queues)
     hot: dict[str, Handler] = {}  # filled below, once the handlers exist
     # Every HTTP request meets the guard first, then the job routes' fast path, then the
     # framework (see ``_BrokerApp``).
@@ -367,9 +369,9 @@ def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
         return Response(b'{"ok":true}', media_type="application/json")
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> PlainTextResponse:
-        text = await asyncio.to_thread(render_metrics, queues, time.time())
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+    async def metrics() -> Response:
+        text = await asyncio.to_thread(broker_metrics.render)
+        return Response(text, media_type=broker_metrics.content_type)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> HTMLResponse:

@@ -49,8 +49,12 @@ HANDLER = "obque.broker.aws.handler"
 #: Execution environments in the pool, and concurrent invocations per round. Each is a
 #: Python process; on two cores 48 start in ~15 s and a round takes seconds.
 ENVIRONMENTS = 48
-#: A round must fold at least this many operations into each write of ``queue.json``.
-MIN_OPS_PER_CAS = 3
+#: A round must fold at least this many operations into each write of ``queue.json``
+#: (measured on 2 shared cores under a load average of 4-40: 12-16 for the rounds after
+#: the first, 8-16 for the first; the SPEC's figure for 64 environments is 16).
+MIN_OPS_PER_CAS = 8
+#: The first round meets environments that have not seen contention yet (see below).
+MIN_OPS_PER_CAS_FIRST = 4
 
 
 def _s3_client(server: StoreServer) -> Any:
@@ -543,7 +547,7 @@ def test_concurrent_invocations_group_commit(pool: Pool, record_property: Any) -
     # directly until their compare-and-sets lose, then switch to intents. How many land
     # directly depends on how spread out the burst arrives (here: on two shared cores),
     # so this round only has to show grouping; the ones after it are held to the figure.
-    first = round_of("first push", "push", pushes(0), n // 2)
+    first = round_of("first push", "push", pushes(0), n // MIN_OPS_PER_CAS_FIRST)
     second = round_of("push", "push", pushes(n), n // MIN_OPS_PER_CAS)
     bodies = first + second
     ids = [body["ids"][0] for body in bodies]

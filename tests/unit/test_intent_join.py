@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from obque.commit import IntentEngine, IntentSettings, create_queue
+from obque.commit import intents as intents_module
 from obque.core import NewJob, Push, PushResult
 from obque.core.opcodec import encode_ops
 from obque.store import Store, open_store
@@ -60,7 +61,8 @@ def test_a_few_pending_intents_ride_along_in_a_direct_commit(store: Store) -> No
         assert isinstance(engine.run(Push.of([NewJob.of({"mine": 1})])), PushResult)
         assert engine.intents_written == 0  # committed directly
         assert applied_intents(store) == set(others)
-        assert store.children("intents/") == []
+        # Carried, not deleted: each owner deletes its own intent on finding its result.
+        assert store.children("intents/") == [f"intents/{i}.json" for i in others]
     finally:
         engine.close()
 
@@ -86,13 +88,62 @@ def test_leftovers_of_applied_intents_do_not_count_as_pending(store: Store) -> N
         first.run(Push.of([NewJob.of({"fold": 1})]))  # joins and folds them all
     finally:
         first.close()
-    # Their owners never came back to delete them: the objects reappear, already applied.
-    for intent_id in others:
-        store.child(f"intents/{intent_id}.json").write(b'{"expires_ms":0,"ops":[]}', None)
+    # It deleted its own intent only; the others are their owners' to delete.
+    assert first.intents_written == 1
+    assert store.children("intents/") == [f"intents/{i}.json" for i in others]
     second = IntentEngine(store, settings=SETTINGS)
     try:
         second.run(Push.of([NewJob.of({"direct": 1})]))
         assert second.intents_written == 0  # nothing pending: a direct commit
-        assert store.children("intents/") == []  # and the leftovers are cleaned up
+        # Owners may still be on their way: recent leftovers are left to them.
+        assert store.children("intents/") == [f"intents/{i}.json" for i in others]
     finally:
         second.close()
+    # Their owners never came back: once abandoned_after_s has passed, whoever lists
+    # them deletes them.
+    later = SETTINGS.abandoned_after_s + 1
+    third = IntentEngine(store, settings=SETTINGS, clock=lambda: time.time() + later)
+    try:
+        third.run(Push.of([NewJob.of({"direct": 2})]))
+        assert third.intents_written == 0
+        assert store.children("intents/") == []
+    finally:
+        third.close()
+
+
+class _Monotonic:
+    """``time`` for the intents module, with a monotonic clock the test moves forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.time = time.time
+        self.sleep = time.sleep
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+
+def test_an_environment_goes_back_to_direct_commits_after_contention_memory(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _Monotonic()
+    monkeypatch.setattr(intents_module, "time", clock)
+    leave_intents(store, SETTINGS.join_at)
+    engine = IntentEngine(store, settings=SETTINGS)
+    try:
+        engine.run(Push.of([NewJob.of({"mine": 1})]))
+        assert engine.intents_written == 1  # contention: joined the intents
+        clock.offset += SETTINGS.contention_memory_s - 1
+        engine.run(Push.of([NewJob.of({"mine": 2})]))
+        assert engine.intents_written == 2  # still remembered, though nothing is pending
+        clock.offset += 1.01
+        commits = engine.stats.commits
+        engine.run(Push.of([NewJob.of({"mine": 3})]))
+        assert engine.intents_written == 2  # forgotten: a direct commit again
+        assert engine.stats.commits == commits + 1
+    finally:
+        engine.close()
+    snap = store.read()
+    assert snap is not None
+    mine = [j["payload"] for j in json.loads(snap.data)["jobs"] if "mine" in j["payload"]]
+    assert mine == [{"mine": 1}, {"mine": 2}, {"mine": 3}]

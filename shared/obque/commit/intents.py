@@ -10,13 +10,21 @@ meet in a buffer. They meet in the bucket instead:
     LIST intents/ -> a, b            LIST intents/ -> a, b
     GET a, GET b                     GET a, GET b
     CAS [Intent a, Intent b]  ───────────────────────────────────▶  rev 8: applied i:a, i:b
-    DELETE a, b (answers A)          CAS loses (412)
-                                     GET queue.json: b applied  ──▶  answers B from applied
+    GET queue.json: a applied        CAS loses (412)
+    DELETE a (answers A)             GET queue.json: b applied
+                                     DELETE b (answers B from applied)
 
 Whoever commits first carries everyone's operations; the others find their results in
 the file's ``applied`` map (claimed jobs and their leases included, so a claim never
 hands a job to nobody). An intent carries an expiry: one whose caller gave up is deleted
 unapplied. Folding is idempotent (``Intent`` ops already in ``applied`` are skipped).
+
+Each intent is deleted once, by its owner, when it finds its result (or revokes it): a
+fold or a direct commit that carried it leaves it alone, and so does anyone who lists it
+as applied meanwhile. Deleting there too cost 3 DELETEs per operation with 64
+environments, most of them of objects already gone. An applied intent still listed
+``abandoned_after_s`` after it was written has lost its owner (a timeout, a crash):
+whoever lists it then deletes it.
 
 Without contention an intent costs more than it saves (PUT + LIST + GETs + DELETE around
 the same CAS), so the engine commits directly and switches to intents for a while after
@@ -81,6 +89,9 @@ class IntentSettings:
     #: A direct commit carries up to this many pending intents less one; at this many it
     #: joins them instead (heavy contention: folding together beats racing the folds).
     join_at: int = 8
+    #: An applied intent still listed this long after it was written has no owner left
+    #: to delete it (owners answer within ``ttl_s``): whoever lists it deletes it.
+    abandoned_after_s: float = 60.0
 
 
 class _IntentDoc(msgspec.Struct, frozen=True):
@@ -183,7 +194,8 @@ class IntentEngine:
         ops: list[Op] = [*pending, op]
         _, results = self.committer.commit(ops, max_conflicts=2)
         self._count(len(ops))
-        self._forget([i.id for i in pending] + stale + leftovers)
+        # The carried intents are their owners' to delete, when they find their results.
+        self._forget(stale + self._abandoned(leftovers))
         return results[-1]
 
     async def arun(self, op: Op) -> Result:
@@ -245,6 +257,9 @@ class IntentEngine:
         try:
             state, results = self.committer.commit([Intent(intent_id, ())], max_conflicts=5)
         except (Conflict, StoreUnavailable):
+            # Past its expiry no fold takes it up any more; one that already read it may
+            # still land it, hence "unknown". Its owner is the one to delete it: now.
+            self._forget([intent_id])
             raise StoreUnavailable(
                 f"{self.store.uri}: intent {intent_id} was not applied within {waited:.1f}s "
                 "and could not be revoked; its outcome is unknown (retry with a key)"
@@ -265,23 +280,27 @@ class IntentEngine:
         (left behind by an owner that never came back for its answer)."""
         return _split(self._intent_ids(), state)
 
+    def _abandoned(self, applied: list[str]) -> list[str]:
+        """Of intents listed as applied, those whose owner is surely gone (their ids
+        begin with the time they were written)."""
+        cutoff_ms = int((self.clock() - self.settings.abandoned_after_s) * 1000)
+        return [i for i in applied if _written_ms(i) < cutoff_ms]
+
     def _intent_ids(self) -> list[str]:
         return sorted(n[len(PREFIX) : -len(".json")] for n in self.store.children(PREFIX))
 
     def _fold(self, state: QueueState, ids: list[str], leftovers: list[str], mine: Intent) -> bool:
         """Apply every pending intent in one commit; False when the CAS lost."""
         pending, stale = self._pending(state, ids)
-        stale += leftovers
         if not any(i.id == mine.id for i in pending):
             pending.append(mine)  # a listing may lag behind our own PUT
-        self._forget(stale)
+        self._forget(stale + self._abandoned(leftovers))
         try:
             self.committer.commit(pending, max_conflicts=1)
         except Conflict:
             return False
         self._count(sum(len(i.ops) for i in pending))
-        self._forget([i.id for i in pending if i.id != mine.id])
-        return True
+        return True  # each owner deletes its intent on finding its result, this one too
 
     def _pending(self, state: QueueState, wanted: list[str]) -> tuple[list[Intent], list[str]]:
         """The intents ``wanted`` that can still be applied, and the names of stale ones."""
@@ -361,6 +380,12 @@ def _split(ids: list[str], state: QueueState) -> tuple[list[str], list[str]]:
     return [i for i in ids if f"i:{i}" not in state.applied], [
         i for i in ids if f"i:{i}" in state.applied
     ]
+
+
+def _written_ms(intent_id: str) -> int:
+    """When an intent was written, from its id (``0`` for a name we did not make)."""
+    written, _, _ = intent_id.partition("-")
+    return int(written) if written.isdigit() else 0
 
 
 def _applied(state: QueueState, intent_id: str) -> Result | None:

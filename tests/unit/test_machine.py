@@ -27,6 +27,8 @@ from obque.core import (
     Configure,
     CountResult,
     Heartbeat,
+    Intent,
+    IntentResult,
     InvalidRequest,
     ItemResult,
     ItemsResult,
@@ -1280,3 +1282,26 @@ def test_max_inline_bytes_defaults_to_64_mib_and_is_configurable() -> None:
     assert QueueConfig().max_inline_bytes == 64 * 1024 * 1024
     _, [result] = commit(queue(), Configure.of({"max_inline_bytes": 2048.0}))
     assert isinstance(result, ConfigResult) and result.config.max_inline_bytes == 2048
+
+
+# -- intents (SPEC §5) ------------------------------------------------------------------
+
+
+def test_an_intent_is_applied_up_to_its_expiry_and_skipped_after_it() -> None:
+    state = queue()
+    on_time = Intent("on-time", (Push.of([NewJob.of("a")]),), expires_ms=T0)
+    late = Intent("late", (Push.of([NewJob.of("b")]),), expires_ms=T0 - 1)
+    after, [applied, skipped] = commit(state, on_time, late, now=T0)
+    assert isinstance(applied, IntentResult) and applied.fresh
+    assert as_push(applied.results[0]).ids == ("1",)
+    # Its caller has given up: nothing of it happens, and it is not recorded as applied,
+    # so no later commit can apply it either.
+    assert isinstance(skipped, IntentResult)
+    assert (skipped.results, skipped.fresh) == ((), False)
+    assert [job.payload for job in after.jobs.values()] == [msgspec.Raw(b'"a"')]
+    assert "i:on-time" in after.applied and "i:late" not in after.applied
+    assert after.stats.pushed == 1
+    # Folding the applied one again changes nothing either.
+    again, [twice] = commit(after, on_time, now=T0 + 1)
+    assert isinstance(twice, IntentResult) and not twice.fresh
+    assert len(again.jobs) == 1

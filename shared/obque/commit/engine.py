@@ -27,7 +27,8 @@ claim is answered, so their I/O runs in parallel and never holds up the writer (
 ``obque.commit.payloads``). ``submit`` is the raw path without either step.
 
 Long-poll claims wait on an in-memory signal raised by commits that leave a job ready
-(or by the timer of the next delayed job or lease expiry), never by polling the store.
+(or by the timer of the next delayed job or lease expiry), never by polling the store
+(``obque.commit.longpoll``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 from obque.commit.cas import Committer
 from obque.commit.events import CommitListener, CommitLog, CommitRecord
 from obque.commit.leader import Leadership
+from obque.commit.longpoll import ReadySignal
 from obque.commit.payloads import Payloads
 from obque.core import (
     Claim,
@@ -57,9 +59,6 @@ from obque.core import (
 from obque.store import Store
 
 __all__ = ["EngineStats", "QueueEngine"]
-
-#: How often a long poll re-reads the file when other processes may write it.
-OTHERS_POLL_S = 0.5
 
 #: A commit never carries more operations than this; the rest wait for the next one.
 MAX_BATCH_OPS = 5000
@@ -101,6 +100,7 @@ class QueueEngine:
         if self.committer.payloads is None:
             self.committer.payloads = Payloads(store, clock=clock)
         self.payloads: Payloads = self.committer.payloads
+        self._ready = ReadySignal(self.committer)
         self.clock = clock
         self.leadership = leadership
         #: Without leadership: checked against every state a commit builds on (an
@@ -119,10 +119,8 @@ class QueueEngine:
         self._gather_target = 0
         self._gather_until = 0.0
         self._write_due = 0.0
-        self._waiters: list[Future[None]] = []
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._due_cache: tuple[QueueState | None, int | None] = (None, None)
 
     # -- public surface ------------------------------------------------------------------
 
@@ -179,12 +177,12 @@ class QueueEngine:
             remaining = deadline - time.monotonic()
             if result.jobs or remaining <= 0:
                 return result
-            waiter = self._ready_waiter(remaining)
+            waiter = self._ready.waiter(remaining)
             try:
                 with contextlib.suppress(TimeoutError):
                     waiter.result(timeout=remaining)
             finally:
-                self._drop_waiter(waiter)
+                self._ready.drop(waiter)
 
     async def aclaim(
         self,
@@ -206,19 +204,19 @@ class QueueEngine:
             remaining = deadline - time.monotonic()
             if result.jobs or remaining <= 0:
                 return result
-            waiter = self._ready_waiter(remaining)
+            waiter = self._ready.waiter(remaining)
             try:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.wrap_future(waiter), timeout=remaining)
             finally:
-                self._drop_waiter(waiter)
+                self._ready.drop(waiter)
             if abandoned is not None and await abandoned():
                 return ClaimResult(())
 
     @property
     def parked_claims(self) -> int:
         """Long-poll claims waiting here for a job right now."""
-        return len(self._waiters)
+        return self._ready.waiting
 
     def read_state(self) -> QueueState:
         """The queue as this process last committed or read it (read once if needed)."""
@@ -240,9 +238,7 @@ class QueueEngine:
         if thread is None or not thread.is_alive():
             self._release_leadership()
         self.payloads.close()
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._ready.wake_all()
 
     def _release_leadership(self) -> None:
         """A leader stopping cleanly withdraws its URL, so clients stop sending it requests
@@ -258,67 +254,6 @@ class QueueEngine:
         finally:
             lead.fenced_by = "nobody (stopped)"
         self.log.released(lead.epoch)
-
-    # -- long-poll signal -----------------------------------------------------------------
-
-    def _ready_waiter(self, timeout: float) -> Future[None]:
-        """A future resolved when a job may be ready: after a commit leaves one ready, or
-        when the earliest delayed job or lapsing lease comes due (whichever is first)."""
-        waiter: Future[None] = Future()
-        with self._cond:
-            self._waiters.append(waiter)
-        due = self._due_ms()
-        delay = None if due is None else max(0.0, due / 1000 - self.clock()) + 0.002
-        if not self.committer.trust_cache:
-            # Not the queue's only writer (an in-process client beside other processes):
-            # their pushes raise no signal here, so look at the file again every so often.
-            delay = min(delay, OTHERS_POLL_S) if delay is not None else OTHERS_POLL_S
-        if delay is not None and delay < timeout:
-            timer = threading.Timer(delay, self._wake_one, (waiter,))
-            timer.daemon = True
-            timer.start()
-        return waiter
-
-    def _due_ms(self) -> int | None:
-        """``_next_due_ms`` of the current state, scanned once per state rather than once
-        per waiting claim (128 long polls on 100k jobs would scan 12.8M jobs a commit).
-        A cached due time still in the future is also the earliest one after now."""
-        state = self.committer.state
-        if state is None:
-            return None
-        now = self.committer.now_ms()
-        cached_state, cached_due = self._due_cache
-        if cached_state is state and cached_due is not None and cached_due > now:
-            return cached_due
-        due = _next_due_ms(state, now)
-        self._due_cache = (state, due)
-        return due
-
-    def _drop_waiter(self, waiter: Future[None]) -> None:
-        with self._cond:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-
-    @staticmethod
-    def _wake_one(waiter: Future[None]) -> None:
-        # Timer and writer threads may race to wake the same (or a cancelled) waiter.
-        with contextlib.suppress(InvalidStateError):
-            waiter.set_result(None)
-
-    def _wake_waiters(self, state: QueueState) -> None:
-        with self._cond:
-            if not self._waiters:
-                return
-            now = self.committer.now_ms()
-            if not any(j.claim is None and j.ready_ms <= now for j in state.jobs.values()):
-                return
-        self._wake_all()
-
-    def _wake_all(self) -> None:
-        with self._cond:
-            waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            self._wake_one(waiter)
 
     # -- the writer -----------------------------------------------------------------------
 
@@ -433,7 +368,7 @@ class QueueEngine:
         # Those pending now came from other callers; the ones answered next will be back.
         self._gather_target = len(self._pending) + len(batch)
         _answer(batch, results)
-        self._wake_waiters(state)
+        self._ready.wake_if_ready(state)
 
     def _not_leader(self, lead: Leadership, was_leader: bool, exc: NotLeader) -> None:
         leader = exc.broker_url or "nobody"
@@ -444,7 +379,7 @@ class QueueEngine:
         if lead.fenced_by is not None:
             # Long polls parked here can never be served: woken, their next claim meets
             # not_leader at once and their callers go to the new broker.
-            self._wake_all()
+            self._ready.wake_all()
 
     def _observe(self, record: CommitRecord) -> None:
         self.log.committed(record)
@@ -524,13 +459,3 @@ def _settle(future: Answer, outcome: Outcome) -> None:
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
-
-
-def _next_due_ms(state: QueueState, now_ms: int) -> int | None:
-    """The earliest future time a delayed job becomes ready or a claim lapses."""
-    due: int | None = None
-    for job in state.jobs.values():
-        at = job.claim.expires_ms + 1 if job.claim is not None else job.ready_ms
-        if at > now_ms and (due is None or at < due):
-            due = at
-    return due

@@ -1,0 +1,104 @@
+"""Where a queue's long-poll claims wait for a job, without polling the store.
+
+A claim that found nothing parks a future here. It is resolved when a commit leaves a
+job ready (the engine's writer calls :meth:`ReadySignal.wake_if_ready`), or by a timer
+when the earliest delayed job or lapsing lease of the last known state comes due --
+whichever is first. The claim then tries again. A process that is not the queue's only
+writer (an in-process client beside other processes) hears nothing of the others'
+pushes, so its waiters also wake every ``OTHERS_POLL_S`` to look at the file again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from concurrent.futures import Future, InvalidStateError
+
+from obque.commit.cas import Committer
+from obque.core import QueueState
+
+__all__ = ["OTHERS_POLL_S", "ReadySignal"]
+
+#: How often a long poll re-reads the file when other processes may write it.
+OTHERS_POLL_S = 0.5
+
+
+class ReadySignal:
+    """The parked long polls of one queue."""
+
+    def __init__(self, committer: Committer) -> None:
+        self.committer = committer
+        self._lock = threading.Lock()
+        self._waiters: list[Future[None]] = []
+        self._due_cache: tuple[QueueState | None, int | None] = (None, None)
+
+    @property
+    def waiting(self) -> int:
+        """Long polls parked right now."""
+        return len(self._waiters)
+
+    def waiter(self, timeout: float) -> Future[None]:
+        """A future resolved when a job may be ready (give it back with :meth:`drop`)."""
+        waiter: Future[None] = Future()
+        with self._lock:
+            self._waiters.append(waiter)
+        due = self._due_ms()
+        delay = None if due is None else max(0.0, due / 1000 - self.committer.clock()) + 0.002
+        if not self.committer.trust_cache:
+            delay = min(delay, OTHERS_POLL_S) if delay is not None else OTHERS_POLL_S
+        if delay is not None and delay < timeout:
+            timer = threading.Timer(delay, _wake, (waiter,))
+            timer.daemon = True
+            timer.start()
+        return waiter
+
+    def drop(self, waiter: Future[None]) -> None:
+        with self._lock:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def wake_if_ready(self, state: QueueState) -> None:
+        """After a commit: wake every parked poll if ``state`` has a ready job."""
+        with self._lock:
+            if not self._waiters:
+                return
+        now = self.committer.now_ms()
+        if any(j.claim is None and j.ready_ms <= now for j in state.jobs.values()):
+            self.wake_all()
+
+    def wake_all(self) -> None:
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            _wake(waiter)
+
+    def _due_ms(self) -> int | None:
+        """``next_due_ms`` of the current state, scanned once per state rather than once
+        per waiting claim (128 long polls on 100k jobs would scan 12.8M jobs a commit).
+        A cached due time still in the future is also the earliest one after now."""
+        state = self.committer.state
+        if state is None:
+            return None
+        now = self.committer.now_ms()
+        cached_state, cached_due = self._due_cache
+        if cached_state is state and cached_due is not None and cached_due > now:
+            return cached_due
+        due = next_due_ms(state, now)
+        self._due_cache = (state, due)
+        return due
+
+
+def _wake(waiter: Future[None]) -> None:
+    # Timer and writer threads may race to wake the same (or a cancelled) waiter.
+    with contextlib.suppress(InvalidStateError):
+        waiter.set_result(None)
+
+
+def next_due_ms(state: QueueState, now_ms: int) -> int | None:
+    """The earliest future time a delayed job becomes ready or a claim lapses."""
+    due: int | None = None
+    for job in state.jobs.values():
+        at = job.claim.expires_ms + 1 if job.claim is not None else job.ready_ms
+        if at > now_ms and (due is None or at < due):
+            due = at
+    return due

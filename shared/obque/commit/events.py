@@ -27,6 +27,10 @@ from dataclasses import dataclass
 __all__ = ["LOG_EVERY_S", "SLOW_COMMIT_S", "CommitListener", "CommitLog", "CommitRecord"]
 
 log = logging.getLogger("obque.commit")
+# A library's lines go where its application sends them: without this, an application that
+# configured no logging (a script using an in-process client, the CLI) would get warnings
+# printed by logging's last-resort handler next to its own one-line errors.
+log.addHandler(logging.NullHandler())
 
 #: A commit taking longer than this (retries and write pacing included) is logged.
 SLOW_COMMIT_S = 2.0

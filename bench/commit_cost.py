@@ -53,7 +53,7 @@ from obque.core import (
     decode_state,
     encode_state,
 )
-from obque.core.limits import MAX_CLAIM, MAX_JOBS_LIMIT, MAX_PUSH_BATCH
+from obque.core.limits import MAX_CLAIM, MAX_INLINE_BYTES_LIMIT, MAX_JOBS_LIMIT, MAX_PUSH_BATCH
 
 T0_MS = 1_764_432_000_000  # a fixed clock keeps runs reproducible
 COMMIT_AT_MS = T0_MS + 1_000  # leases (30 s) taken at T0 are still held
@@ -96,7 +96,9 @@ def new_job(n: int, size: int, spilled: bool = False) -> NewJob:
 
 def build_file(depth: int, size: int, claimed: int, spilled: bool = False) -> bytes:
     """A queue file of ``depth`` jobs, the oldest ``claimed`` of them held by workers."""
-    state = QueueState.new("bench", QueueConfig(max_jobs=MAX_JOBS_LIMIT))
+    # The limits at their maximum: this measures commit cost at every size, not the caps.
+    config = QueueConfig(max_jobs=MAX_JOBS_LIMIT, max_inline_bytes=MAX_INLINE_BYTES_LIMIT)
+    state = QueueState.new("bench", config)
     pushes: list[Op] = [
         Push.of(new_job(n, size, spilled) for n in range(start, min(start + MAX_PUSH_BATCH, depth)))
         for start in range(0, depth, MAX_PUSH_BATCH)

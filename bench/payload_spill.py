@@ -27,7 +27,7 @@ from typing import Any
 from bench._common import machine, markdown_table, percentile
 from obque.commit import Committer, QueueEngine, create_queue
 from obque.core import Ack, Claim, ClaimResult, LeaseRef, NewJob, Op, Push
-from obque.core.limits import MAX_PAYLOAD_BYTES_LIMIT
+from obque.core.limits import MAX_INLINE_BYTES_LIMIT, MAX_PAYLOAD_BYTES_LIMIT
 from obque.store import open_store
 
 SIZE = 64 * 1024
@@ -55,7 +55,12 @@ def run(mode: str, depth: int, producers: int, workers: int, seconds: float) -> 
     with tempfile.TemporaryDirectory(prefix="obque-spill-") as tmp:
         uri = f"file://{tmp}/queue.json?latency=s3"
         store = open_store(uri)
-        config: dict[str, object] = {"max_payload_bytes": 1_048_576, "spill_payload_bytes": spill}
+        config: dict[str, object] = {
+            "max_payload_bytes": 1_048_576,
+            "spill_payload_bytes": spill,
+            # The inline baseline holds depth x 64 KiB in the file: lift the byte cap.
+            "max_inline_bytes": MAX_INLINE_BYTES_LIMIT,
+        }
         create_queue(store, "queue", config)
         engine = QueueEngine(store)
         # Prefill through the engine's own spilling (100 jobs per push).

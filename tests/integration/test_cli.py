@@ -3,154 +3,26 @@ mistakes a user makes: those end in one ``obque: …`` line on stderr and a non-
 never a stack trace.
 
 Commands run in a fresh directory per test, so the defaults (``file://./.obque/``) land
-there; no ``OBQUE_*`` setting leaks in from the environment running the tests.
+there; no ``OBQUE_*`` setting leaks in from the environment running the tests. The demo
+and the README walkthrough are in ``test_cli_demo.py``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import sys
 
 import pytest
 
-# broker_proc is also loaded as a plugin (its fixtures and report hook); have its asserts
-# rewritten before the import below, as pytest does for plugins.
-pytest.register_assert_rewrite("broker_proc")
+# broker_proc and cli_run are also loaded as plugins (their fixtures); have their asserts
+# rewritten before the imports below, as pytest does for plugins.
+pytest.register_assert_rewrite("broker_proc", "cli_run")
 
-from broker_proc import (  # noqa: E402
-    OBQUE,
-    BrokerFactory,
-    BrokerProcess,
-    free_port,
-    read_queue_file,
-    wait_until,
-)
+from broker_proc import BrokerFactory, BrokerProcess, free_port, wait_until  # noqa: E402
+from cli_run import FORMS, QUEUE, Cli, jobs_of  # noqa: E402
 
-pytest_plugins = ["broker_proc"]
+pytest_plugins = ["broker_proc", "cli_run"]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-FORMS = ("mem://", "file://", "s3://", "gs://")
-
-
-@dataclass
-class Run:
-    """A finished ``obque`` command."""
-
-    args: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def ok(self) -> Run:
-        assert self.returncode == 0, self
-        assert "Traceback" not in self.stderr, self.stderr
-        return self
-
-    def lines(self) -> list[str]:
-        return self.stdout.splitlines()
-
-    def user_error(self, *mentions: str) -> str:
-        """Assert the command failed the way a user mistake should; return the line."""
-        assert self.returncode != 0, self
-        assert "Traceback" not in self.stderr, self.stderr
-        assert "Traceback" not in self.stdout, self.stdout
-        errors = [ln for ln in self.stderr.splitlines() if ln.startswith("obque: ")]
-        assert len(errors) == 1, self.stderr
-        line = errors[0]
-        for needle in mentions:
-            assert needle in line, (needle, line)
-        return line
-
-
-@dataclass
-class Cli:
-    """Runs ``obque`` in ``cwd`` with a clean environment (plus ``env``)."""
-
-    cwd: Path
-    env: dict[str, str]
-
-    def __call__(
-        self, *args: str, stdin: str | None = None, timeout: float = 60, **env: str
-    ) -> Run:
-        done = subprocess.run(
-            [OBQUE, *args],
-            input=stdin if stdin is not None else "",
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=self.cwd,
-            env={**self.env, **env},
-        )
-        return Run(tuple(args), done.returncode, done.stdout, done.stderr)
-
-    @property
-    def queue_dir(self) -> Path:
-        return self.cwd / ".obque"
-
-    def queue_file(self, name: str = "queue") -> dict[str, Any]:
-        return read_queue_file(self.queue_dir, name)
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OBQUE_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return Cli(workdir, env)
-
-
-QUEUE = "file://./.obque/queue.json"
-
-
-def jobs_of(cli: Cli, name: str = "queue") -> dict[str, dict[str, Any]]:
-    return {job["id"]: job for job in cli.queue_file(name)["jobs"]}
-
-
-# -- init ----------------------------------------------------------------------------------------
-
-
-def test_init_creates_then_reports_that_it_exists(cli: Cli) -> None:
-    assert cli("init").ok().lines() == [f"created {QUEUE} (revision 1)"]
-    assert cli.queue_file()["name"] == "queue"
-    assert cli("init").ok().lines() == [f"exists: {QUEUE} (revision 1)"]
-
-    made = cli("init", "--queue", "emails", "--lease-seconds", "60", "--max-attempts", "3")
-    assert made.ok().lines() == ["created file://./.obque/emails.json (revision 1)"]
-    config = cli.queue_file("emails")["config"]
-    assert (config["lease_seconds"], config["max_attempts"]) == (60, 3)
-    # Settings given for an existing queue are applied to it.
-    cli("init", "file://./.obque/emails.json", "--max-jobs", "10").ok()
-    assert cli.queue_file("emails")["config"]["max_jobs"] == 10
-
-
-def test_init_follows_obque_root_and_flags_override_it(cli: Cli, tmp_path: Path) -> None:
-    from_env = (tmp_path / "from-env").as_uri() + "/"
-    from_flag = (tmp_path / "from-flag").as_uri() + "/"
-    cli("init", OBQUE_ROOT=from_env).ok()
-    assert (tmp_path / "from-env" / "queue.json").exists()
-    cli("init", "--root", from_flag, "-q", "jobs", OBQUE_ROOT=from_env).ok()
-    assert (tmp_path / "from-flag" / "jobs.json").exists()
-    assert not (tmp_path / "from-env" / "jobs.json").exists()
-
-
-@pytest.mark.parametrize(
-    ("args", "mentions"),
-    [
-        (("init", "--lease-seconds", "0"), ("lease_seconds",)),
-        (("init", "--queue", "Bad Name!"), ("queue name",)),
-        (("init", "bogus://bucket/q.json"), ("bogus", *FORMS)),
-        (("init", "/tmp/not-a-uri.json"), ("not a store URI", *FORMS)),
-        (("init", "file://host/q.json"), ("file:///absolute/path",)),
-    ],
-    ids=["zero-lease", "bad-name", "bad-scheme", "bare-path", "file-host"],
-)
-def test_init_mistakes(cli: Cli, args: tuple[str, ...], mentions: tuple[str, ...]) -> None:
-    cli(*args).user_error(*mentions)
 
 
 # -- push ------------------------------------------------------------------------------------
@@ -260,17 +132,53 @@ def test_work_handler_from_the_current_directory(cli: Cli) -> None:
 @pytest.mark.parametrize(
     ("flags", "mentions"),
     [
-        ((), ("--command", "--handler")),
+        ((), ("--command", "--handler", "-- PROGRAM")),
         (("--command", "true", "--handler", "tasks:f"), ("exactly one",)),
+        (("--command", "true", "--", "cat"), ("exactly one",)),
+        (("--",), ("exactly one",)),
+        (("--", "no-such-program-xyz"), ("no-such-program-xyz", "no such program")),
+        (("-c", "true", "-n", "0"), ("--concurrency", "x>=1")),
+        (("-c", "true", "--grace-seconds", "-1"), ("--grace-seconds",)),
         (("--handler", "no_such_module:f"), ("cannot import", "no_such_module")),
         (("--handler", "json:no_such_function"), ("no function", "no_such_function")),
         (("--handler", "tasks"), ("module:function",)),
     ],
-    ids=["neither", "both", "no-module", "no-function", "no-colon"],
+    ids=[
+        "neither",
+        "both",
+        "command-and-argv",
+        "empty-argv",
+        "no-program",
+        "zero-concurrency",
+        "negative-grace",
+        "no-module",
+        "no-function",
+        "no-colon",
+    ],
 )
 def test_work_mistakes(cli: Cli, flags: tuple[str, ...], mentions: tuple[str, ...]) -> None:
     cli("init").ok()
-    cli("work", QUEUE, *flags, "--max-jobs", "1").user_error(*mentions)
+    cli("work", QUEUE, "--max-jobs", "1", *flags).user_error(*mentions)
+    cli("work", QUEUE, "-c", "true", "--max-jobs", "0").user_error("--max-jobs", "x>=1")
+
+
+def test_work_runs_a_program_after_double_dash_without_a_shell(cli: Cli) -> None:
+    cli("init").ok()
+    cli("push", QUEUE, '{"n": 1}', '{"n": 2}').ok()
+    # The arguments reach the program as they are: no shell splits, globs or expands them.
+    program = (
+        "import json, os, sys; p = json.load(sys.stdin); "
+        "print('argv', sys.argv[1:], 'job', os.environ['OBQUE_JOB_ID'], 'n', p['n']); "
+        "sys.exit(0 if p['n'] == 1 else (sys.stderr.write('n was 2\\n'), 4)[1])"
+    )
+    argv = (sys.executable, "-c", program, "$HOME", "*", "a b")
+    run = cli("work", QUEUE, "--max-jobs", "2", "-v", "--", *argv).ok()
+    assert "argv ['$HOME', '*', 'a b'] job 1 n 1" in run.stdout
+    assert "argv ['$HOME', '*', 'a b'] job 2 n 2" in run.stdout
+    assert "1 succeeded, 1 failed" in run.stderr
+    (left,) = cli.queue_file()["jobs"]
+    assert left["id"] == "2"
+    assert left["last_error"] == "CommandFailed: exit 4: n was 2"
 
 
 def test_work_on_a_missing_queue(cli: Cli) -> None:
@@ -278,21 +186,6 @@ def test_work_on_a_missing_queue(cli: Cli) -> None:
 
 
 # -- inspect, stats, dead -------------------------------------------------------------------------
-
-
-def test_inspect_human_and_json(cli: Cli) -> None:
-    cli("init").ok()
-    cli("push", QUEUE, '{"video": "a.mp4"}', '"x"').ok()
-    human = cli("inspect").ok().stdout
-    assert human.startswith(f"{QUEUE}  revision 2")
-    assert "broker:   none advertised" in human
-    assert "2 ready, 0 delayed, 0 claimed, 0 dead" in human
-    assert "2 pushed, 0 acked" in human
-    assert '{"video":"a.mp4"}' in human
-    raw = json.loads(cli("inspect", "--json").ok().stdout)
-    assert raw == cli.queue_file()
-    limited = cli("inspect", "--limit", "1").ok().stdout
-    assert "... 1 more" in limited
 
 
 def test_inspect_and_stats_of_a_missing_queue(cli: Cli) -> None:
@@ -326,9 +219,11 @@ def test_dead_list_redrive_purge(cli: Cli) -> None:
     assert cli("dead", "list").ok().lines() == ["no dead letters"]
     cli("work", QUEUE, "-c", "echo poisoned >&2; exit 1", "--max-jobs", "3").ok()
 
-    listed = cli("dead", "list").ok().lines()
-    assert len(listed) == 3
-    assert all("attempts=1" in ln and "poisoned" in ln for ln in listed)
+    header, *listed = cli("dead", "list").ok().lines()
+    assert header.split() == ["id", "attempts", "last", "error", "payload"]
+    assert [ln.split()[:2] for ln in listed] == [["1", "1"], ["2", "1"], ["3", "1"]]
+    assert all("CommandFailed: exit 1: poisoned" in ln for ln in listed)
+    assert listed[1].endswith('{"n": 2}')
     as_json = json.loads(cli("dead", "list", "--json").ok().stdout)
     assert [j["id"] for j in as_json] == ["1", "2", "3"]
     assert as_json[0]["payload"] == {"n": 1}
@@ -340,6 +235,18 @@ def test_dead_list_redrive_purge(cli: Cli) -> None:
     assert cli("dead", "redrive").ok().lines() == ["redriven 1"]
     assert cli("dead", "purge").ok().lines() == ["purged 0"]
     assert sorted(jobs_of(cli)) == ["2", "3"]
+
+
+def test_dead_mistakes(cli: Cli) -> None:
+    cli("init").ok()
+    cli("dead").user_error("Missing argument", "list", "redrive", "purge")
+    cli("dead", "resurrect").user_error("resurrect", "list", "redrive", "purge")
+    cli("dead", "list", "--limit", "0").user_error("--limit", "x>=1")
+    cli("dead", "list", "file://./.obque/nope.json").user_error("no queue", "nope.json")
+    cli("dead", "redrive", "bogus://b/q.json").user_error("bogus", *FORMS)
+    # Ids that name no dead letter change nothing.
+    assert cli("dead", "redrive", "--ids", "41,42").ok().lines() == ["redriven 0"]
+    assert cli("dead", "purge", "--ids", "41", "--ids", "42").ok().lines() == ["purged 0"]
 
 
 # -- through a broker ------------------------------------------------------------------------------
@@ -393,7 +300,7 @@ def test_unreachable_broker_is_one_line(cli: Cli) -> None:
     cli("stats", url, timeout=90).user_error("unreachable", url)
 
 
-# -- broker and demo ----------------------------------------------------------------------------
+# -- broker and usage ----------------------------------------------------------------------------
 
 
 def test_broker_refuses_a_public_bind_without_a_token(cli: Cli) -> None:
@@ -408,28 +315,9 @@ def test_broker_with_a_bad_root_is_one_line(cli: Cli) -> None:
     cli("broker", "--root", "bogus://x/", "--port", port, timeout=30).user_error("bogus", *FORMS)
 
 
-def test_demo_runs_end_to_end(cli: Cli) -> None:
-    run = cli(
-        "demo",
-        "--jobs",
-        "50",
-        "--latency",
-        "none",
-        "--producers",
-        "4",
-        "--workers",
-        "4",
-        timeout=110,
-    ).ok()
-    assert "50 jobs pushed, processed and acked" in run.stderr
-    assert "0 jobs lost" in run.stderr
-    state = cli.queue_file("demo")
-    assert state["stats"]["acked"] == 50
-    assert state["jobs"] == []
-
-
 def test_no_command_is_a_usage_error(cli: Cli) -> None:
     run = cli()
     assert run.returncode == 2
-    assert "usage: obque" in run.stderr
+    assert "Usage: obque" in run.stderr
     assert "Traceback" not in run.stderr
+    cli("frobnicate").user_error("No such command", "frobnicate")

@@ -1,39 +1,91 @@
-"""``obque demo``: a broker, producers and workers on the embedded default, end to end.
+"""``obque demo``: a broker, producers and workers on a local root, end to end.
 
 Everything runs in this process but talks HTTP to a real broker on loopback, exactly as
 a deployment would: producers push through ``Client``, a ``Worker`` pool claims, acks and
 occasionally fails jobs (retried by the queue), and the summary shows how few store
 writes the group commit needed.
+
+By default the queue lives under a fresh temporary folder, removed at the end, so every
+run starts from an empty queue. With a root of the user's choosing the queue file stays,
+and may hold jobs and counters from earlier runs: the demo therefore counts only the jobs
+*it* pushed (their ids) and the commits made while it ran, never the file's lifetime
+counters.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 import socket
-import sys
+import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from obque.client.jobs import Job
 from obque.client.sync import Client
 from obque.client.worker import Worker
 from obque.commit import create_queue
-from obque.core import StoreUnavailable, decode_state
+from obque.core import InvalidRequest, ObqueError, StoreUnavailable, decode_state
 from obque.store import Store, open_root
 
-__all__ = ["DemoOptions", "run_demo"]
+__all__ = ["DemoOptions", "DemoResult", "run_demo"]
+
+#: The demo gives up when no job of its own was acked for this long (a stuck run).
+STALL_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
 class DemoOptions:
-    root: str = "file://./.obque/"
+    #: None: a fresh temporary folder, removed at the end.
+    root: str | None = None
     queue: str = "demo"
-    jobs: int = 2000
-    producers: int = 32
-    workers: int = 32
+    jobs: int = 1000
+    producers: int = 64
+    workers: int = 64
     latency: str | None = "s3"
     fail_rate: float = 0.02
+
+    def check(self) -> None:
+        for name, value, low in (
+            ("jobs", self.jobs, 0),
+            ("producers", self.producers, 1),
+            ("workers", self.workers, 1),
+        ):
+            if value < low:
+                raise InvalidRequest(f"--{name} must be at least {low}, got {value}")
+
+
+@dataclass
+class DemoResult:
+    jobs: int
+    seconds: float
+    acked: int
+    lost: int
+    retried: int
+    commits: int
+    store_writes: int
+    operations: int
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def jobs_per_second(self) -> float:
+        return self.acked / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ops_per_commit(self) -> float:
+        return self.operations / max(self.commits, 1)
+
+    def percentile(self, p: float) -> float:
+        if not self.latencies_ms:
+            return 0.0
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def _free_port() -> int:
@@ -61,16 +113,44 @@ def _await_advertised(store: Store, url: str, timeout: float = 10.0) -> None:
     raise StoreUnavailable(f"the demo broker did not advertise itself in {store.uri}")
 
 
-def run_demo(opts: DemoOptions, out: object = sys.stderr) -> dict[str, float]:
+class _Tally:
+    """What the producers and workers did, keyed by the ids this run pushed."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pushed_at: dict[str, float] = {}
+        self.acked_at: dict[str, float] = {}
+        self.failures = 0
+        self.push_errors: list[BaseException] = []
+
+    def acked_ours(self) -> int:
+        with self.lock:
+            return sum(1 for job_id in self.acked_at if job_id in self.pushed_at)
+
+
+def run_demo(opts: DemoOptions, out: TextIO, progress_to: TextIO) -> DemoResult:
+    """Run the demo, showing progress bars on ``progress_to`` and the summary on ``out``."""
+    opts.check()
+    temporary = opts.root is None
+    base = Path(tempfile.mkdtemp(prefix="obque-demo-")).as_uri() + "/" if temporary else None
+    try:
+        return _run(opts, base or str(opts.root), out, progress_to, temporary)
+    finally:
+        if base is not None:
+            shutil.rmtree(base.removeprefix("file://"), ignore_errors=True)
+
+
+def _run(
+    opts: DemoOptions, base: str, out: TextIO, progress_to: TextIO, temporary: bool
+) -> DemoResult:
     import uvicorn
 
     from obque.broker import BrokerSettings, create_app
 
-    write = getattr(out, "write")  # noqa: B009 - any text stream
-    root_uri = _with_latency(opts.root, opts.latency)
+    root_uri = _with_latency(base, opts.latency)
     root = open_root(root_uri)
     store = root.queue(opts.queue)
-    create_queue(store, opts.queue, {"lease_seconds": 30, "max_attempts": 5})
+    create_queue(store, opts.queue, {"lease_seconds": 30, "max_attempts": 5}, update=False)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     app = create_app(BrokerSettings(root=root_uri, advertise=url, broker_timeout=5))
@@ -79,98 +159,168 @@ def run_demo(opts: DemoOptions, out: object = sys.stderr) -> dict[str, float]:
     )
     thread = threading.Thread(target=server.run, name="obque-demo-broker", daemon=True)
     thread.start()
+    started = time.monotonic()
     while not server.started:
+        if not thread.is_alive() or time.monotonic() - started > 15:
+            raise StoreUnavailable(f"the demo broker could not start on {url}")
         time.sleep(0.02)
-    _await_advertised(store, url)
-    queue_uri = store.uri
-    write(f"broker   {url} serving {root.uri} (store latency model: {opts.latency or 'none'})\n")
-    write(f"queue    {queue_uri}: {opts.jobs} jobs, {opts.producers} producers, ")
-    write(f"{opts.workers} workers, {opts.fail_rate:.0%} of first attempts fail\n")
+    try:
+        _await_advertised(store, url)
+        return _drive(opts, app, store.uri, url, root.uri, out, progress_to, temporary)
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
-    done = threading.Event()
-    handled: dict[str, int] = {}
-    lock = threading.Lock()
+
+def _drive(
+    opts: DemoOptions,
+    app: Any,
+    queue_uri: str,
+    url: str,
+    root_uri: str,
+    out: TextIO,
+    progress_to: TextIO,
+    temporary: bool,
+) -> DemoResult:
+    where = "a temporary folder, removed at the end" if temporary else root_uri
+    out.write(f"broker   {url} serving {where} (store latency model: {opts.latency or 'none'})\n")
+    out.write(
+        f"queue    {opts.queue}: {opts.jobs} jobs, {opts.producers} producers, "
+        f"{opts.workers} workers, {opts.fail_rate:.0%} of first attempts fail\n"
+    )
+    out.flush()
+    tally = _Tally()
     rng = random.Random(7)
 
     def handle(job: Job) -> None:
-        with lock:
-            handled[job.id] = handled.get(job.id, 0) + 1
+        with tally.lock:
             fail = job.attempt == 1 and rng.random() < opts.fail_rate
         if fail:
             raise RuntimeError("simulated failure (the queue retries it)")
 
+    def done(job: Job, error: BaseException | None) -> None:
+        with tally.lock:
+            if error is None and job.settled == "acked":
+                tally.acked_at.setdefault(job.id, time.monotonic())
+            elif error is not None:
+                tally.failures += 1
+
     client = Client(queue_uri)
-    worker = Worker(client, handle, concurrency=opts.workers, worker_id="demo-worker")
-
-    def consume() -> None:
-        worker.run()
-        done.set()
-
-    consumer = threading.Thread(target=consume, daemon=True)
-    start = time.monotonic()
+    first = client.stats()
     counts = app.state.queues.root.backend.counts  # the broker's own store requests
-    before = counts.as_dict() if counts else {}
-    consumer.start()
-
-    pushed: list[str] = []
+    writes_before = counts.as_dict().get("writes", 0) if counts else 0
+    worker = Worker(client, handle, concurrency=opts.workers, worker_id="demo", on_done=done)
+    consumer = threading.Thread(target=worker.run, name="obque-demo-worker", daemon=True)
 
     def produce(share: int) -> None:
-        with Client(queue_uri) as producer:
-            for i in range(share):
-                job_id = producer.push({"task": "resize", "n": i})
-                with lock:
-                    pushed.append(job_id)
+        try:
+            with Client(queue_uri) as producer:
+                for i in range(share):
+                    sent = time.monotonic()
+                    job_id = producer.push({"task": "resize", "n": i})
+                    with tally.lock:
+                        tally.pushed_at[job_id] = sent
+        except ObqueError as exc:
+            with tally.lock:
+                tally.push_errors.append(exc)
 
     shares = [
         opts.jobs // opts.producers + (i < opts.jobs % opts.producers)
         for i in range(opts.producers)
     ]
-    producers = [threading.Thread(target=produce, args=(n,)) for n in shares]
+    producers = [threading.Thread(target=produce, args=(n,), daemon=True) for n in shares]
+    start = time.monotonic()
+    consumer.start()
     for p in producers:
         p.start()
-    acked = 0
-    while acked < opts.jobs:
-        time.sleep(0.25)
-        stats = client.stats()
-        acked = int(stats["acked"])
-        write(
-            f"\r  pushed {len(pushed):>6}  acked {acked:>6}  ready {stats['ready']:>5}  "
-            f"claimed {stats['claimed']:>4}  commits {stats['commits']:>5}"
+    try:
+        _watch(opts, tally, producers, progress_to)
+        elapsed = time.monotonic() - start
+        worker.stop()
+        last = client.stats()
+        if tally.push_errors:
+            raise tally.push_errors[0]
+        with tally.lock:
+            ours = dict(tally.pushed_at)
+            latencies = [
+                (tally.acked_at[j] - t) * 1000 for j, t in ours.items() if j in tally.acked_at
+            ]
+            failures = tally.failures
+        writes = (counts.as_dict().get("writes", 0) if counts else 0) - writes_before
+        result = DemoResult(
+            jobs=opts.jobs,
+            seconds=elapsed,
+            acked=len(latencies),
+            lost=len(ours) - len(latencies),
+            retried=failures,
+            commits=int(last["commits"]) - int(first["commits"]),
+            store_writes=writes,
+            operations=3 * len(ours) + 2 * failures,
+            latencies_ms=latencies,
         )
-    for p in producers:
-        p.join()
-    elapsed = time.monotonic() - start
-    worker.stop()
-    done.wait(30)
-    stats = client.stats()
-    client.close()
-    server.should_exit = True
-    thread.join(10)
-    after = counts.as_dict() if counts else {}
-    writes = after.get("writes", 0) - before.get("writes", 0)
-    ops = opts.jobs * 3 + int(stats["nacked"])
-    missing = [j for j in pushed if j not in handled]
-    summary = {
-        "jobs": float(opts.jobs),
-        "seconds": elapsed,
-        "jobs_per_second": opts.jobs / elapsed,
-        "store_writes": float(writes),
-        "ops_per_write": ops / max(writes, 1),
-        "retried": float(stats["nacked"]),
-        "missing": float(len(missing)),
-    }
-    write("\n\nsummary\n")
-    write(
-        f"  {opts.jobs} jobs pushed, processed and acked in {elapsed:.1f}s "
-        f"({summary['jobs_per_second']:.0f} jobs/s)\n"
+        # Shown at once; the worker's last long poll may take a few seconds to return.
+        _summarize(result, queue_uri, int(last["revision"]), temporary, out)
+        return result
+    finally:
+        worker.stop()
+        consumer.join(35)
+        client.close()
+
+
+def _watch(
+    opts: DemoOptions, tally: _Tally, producers: list[threading.Thread], progress_to: TextIO
+) -> None:
+    """Show progress until every job this run pushed was acked (or nothing moves)."""
+    console = Console(file=progress_to, highlight=False)
+    columns = (
+        TextColumn("{task.description:>7}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
     )
-    write(f"  {int(stats['nacked'])} failures retried by the queue; {len(missing)} jobs lost\n")
-    write(
-        f"  {writes} store writes for {ops} push/claim/ack/nack operations "
-        f"= {summary['ops_per_write']:.1f} operations per compare-and-set\n"
+    with Progress(*columns, console=console, refresh_per_second=8) as progress:
+        pushed_bar = progress.add_task("pushed", total=opts.jobs)
+        acked_bar = progress.add_task("acked", total=opts.jobs)
+        last_acked, last_move = -1, time.monotonic()
+        while True:
+            with tally.lock:
+                pushed = len(tally.pushed_at)
+            acked = tally.acked_ours()
+            progress.update(pushed_bar, completed=pushed)
+            progress.update(acked_bar, completed=acked)
+            producing = any(p.is_alive() for p in producers)
+            if not producing and acked >= pushed:
+                return
+            if acked != last_acked:
+                last_acked, last_move = acked, time.monotonic()
+            elif time.monotonic() - last_move > STALL_SECONDS:
+                return  # reported as lost jobs
+            time.sleep(0.1)
+
+
+def _summarize(
+    result: DemoResult, queue_uri: str, revision: int, temporary: bool, out: TextIO
+) -> None:
+    out.write("\nsummary\n")
+    out.write(
+        f"  {result.acked} of {result.jobs} jobs pushed, processed and acked in "
+        f"{result.seconds:.1f}s ({result.jobs_per_second:.0f} jobs/s)\n"
     )
-    write(
-        f"  queue file: {queue_uri} (revision {stats['revision']}); "
-        f"inspect it with `obque inspect {queue_uri}`\n"
+    out.write(
+        f"  latency push to ack: p50 {result.percentile(50):.0f} ms, "
+        f"p99 {result.percentile(99):.0f} ms\n"
     )
-    return summary
+    out.write(f"  {result.retried} failures retried by the queue; {result.lost} jobs lost\n")
+    out.write(
+        f"  {result.commits} commits ({result.store_writes} store writes) for "
+        f"{result.operations} push/claim/ack/nack operations = "
+        f"{result.ops_per_commit:.1f} operations per commit\n"
+    )
+    if temporary:
+        out.write("  the queue lived in a temporary folder, now removed (--root keeps it)\n")
+    else:
+        out.write(
+            f"  queue file: {queue_uri} (revision {revision}); "
+            f"inspect it with `obque inspect {queue_uri}`\n"
+        )
+    out.flush()

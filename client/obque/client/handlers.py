@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from obque.client.jobs import Job
@@ -20,22 +20,28 @@ class CommandFailed(RuntimeError):
     pass
 
 
-def command_handler(command: str) -> Callable[[Job], None]:
-    """Run ``command`` in a shell with the payload JSON on stdin; exit 0 acks.
+def command_handler(command: str | Sequence[str]) -> Callable[[Job], None]:
+    """Run ``command`` with the payload JSON on stdin; exit 0 acks. A string runs in a
+    shell (``--command``); a sequence is a program and its arguments, run without one.
 
     The job's id and attempt are in ``OBQUE_JOB_ID`` and ``OBQUE_ATTEMPT``. A non-zero
     exit nacks the job with the end of its stderr as the error text."""
+    shell = isinstance(command, str)
+    argv: str | list[str] = command if isinstance(command, str) else list(command)
 
     def handle(job: Job) -> None:
         env = {**os.environ, "OBQUE_JOB_ID": job.id, "OBQUE_ATTEMPT": str(job.attempt)}
-        done = subprocess.run(
-            command,
-            shell=True,
-            input=json.dumps(job.payload).encode(),
-            env=env,
-            capture_output=True,
-            check=False,
-        )
+        try:
+            done = subprocess.run(
+                argv,
+                shell=shell,
+                input=json.dumps(job.payload).encode(),
+                env=env,
+                capture_output=True,
+                check=False,
+            )
+        except OSError as exc:  # the program vanished or is not executable
+            raise CommandFailed(f"cannot run {argv[0]!r}: {exc.strerror}") from None
         if done.stdout:
             os.write(1, done.stdout)
         if done.returncode != 0:

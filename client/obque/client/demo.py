@@ -20,6 +20,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -229,13 +230,17 @@ def _drive(
         for i in range(opts.producers)
     ]
     producers = [threading.Thread(target=produce, args=(n,), daemon=True) for n in shares]
-    start = time.monotonic()
-    consumer.start()
-    for p in producers:
-        p.start()
+    began: list[float] = []
+
+    def begin() -> None:
+        began.append(time.monotonic())
+        consumer.start()
+        for p in producers:
+            p.start()
+
     try:
-        _watch(opts, tally, producers, progress_to)
-        elapsed = time.monotonic() - start
+        _watch(opts, tally, producers, progress_to, begin)
+        elapsed = time.monotonic() - began[0]
         worker.stop()
         last = client.stats()
         if tally.push_errors:
@@ -263,14 +268,20 @@ def _drive(
         return result
     finally:
         worker.stop()
-        consumer.join(35)
+        if consumer.is_alive():
+            consumer.join(35)
         client.close()
 
 
 def _watch(
-    opts: DemoOptions, tally: _Tally, producers: list[threading.Thread], progress_to: TextIO
+    opts: DemoOptions,
+    tally: _Tally,
+    producers: list[threading.Thread],
+    progress_to: TextIO,
+    begin: Callable[[], None],
 ) -> None:
-    """Show progress until every job this run pushed was acked (or nothing moves)."""
+    """Start the run (``begin``) under live progress bars, and show them until every job
+    this run pushed was acked (or nothing moved for ``STALL_SECONDS``)."""
     console = Console(file=progress_to, highlight=False)
     columns = (
         TextColumn("{task.description:>7}"),
@@ -281,6 +292,7 @@ def _watch(
     with Progress(*columns, console=console, refresh_per_second=8) as progress:
         pushed_bar = progress.add_task("pushed", total=opts.jobs)
         acked_bar = progress.add_task("acked", total=opts.jobs)
+        begin()
         last_acked, last_move = -1, time.monotonic()
         while True:
             with tally.lock:

@@ -14,6 +14,8 @@ __all__ = ["dead", "stats"]
 
 
 def _shown(key: str, value: Any) -> str:
+    if value is None:
+        return "none"
     if key == "broker" and isinstance(value, dict):
         return f"{value.get('url')} ({value.get('mode')}, epoch {value.get('epoch')})"
     return str(value)

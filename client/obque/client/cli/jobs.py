@@ -114,6 +114,9 @@ class WorkCommand(click.Command):
             args = args[:cut]
         return super().parse_args(ctx, args)
 
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [*super().collect_usage_pieces(ctx), "[-- PROGRAM ARGS...]"]
+
 
 @click.command(cls=WorkCommand)
 @target_options

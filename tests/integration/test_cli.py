@@ -47,6 +47,8 @@ def test_push_key_deduplicates(cli: Cli) -> None:
     assert first == again == ["1"]
     assert cli.queue_file()["stats"]["pushed"] == 1
     cli("push", QUEUE, "1", "2", "--key", "k").user_error("--key")
+    cli("push", QUEUE, "-", "--key", "k", stdin="1\n2\n").user_error("--key", "'-'")
+    cli("push", QUEUE).user_error("Missing argument", "PAYLOAD")
 
 
 def test_push_json_lines_from_stdin(cli: Cli) -> None:

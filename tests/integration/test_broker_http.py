@@ -1240,12 +1240,15 @@ def test_a_broker_on_a_failing_store_answers_503_from_the_start(brokers: BrokerF
 
 
 def test_broker_configured_only_by_the_environment(brokers: BrokerFactory) -> None:
-    """``OBQUE_ROOT`` and ``OBQUE_TOKEN`` configure ``obque broker`` without flags."""
+    """``OBQUE_ROOT``, ``OBQUE_TOKEN`` and ``OBQUE_ADVERTISE`` configure ``obque broker``
+    without flags."""
     env_root = brokers.root("from-env")
     port = free_port()
     log_path = brokers.workdir / f"broker-env-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OBQUE_")}
-    env.update(OBQUE_ROOT=env_root, OBQUE_TOKEN="env-token", PYTHONUNBUFFERED="1")
+    advertised = "https://queue.example.com/obque"  # e.g. behind a reverse proxy
+    env.update(OBQUE_ROOT=env_root, OBQUE_TOKEN="env-token", OBQUE_ADVERTISE=advertised)
+    env.update(PYTHONUNBUFFERED="1")
     args = [OBQUE, "broker", "--port", str(port)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -1267,7 +1270,7 @@ def test_broker_configured_only_by_the_environment(brokers: BrokerFactory) -> No
         assert push(client, "q", {"payload": "env"})["ids"] == ["1"]
     state = read_queue_file(brokers.root_dir("from-env"), "q")
     assert [job["payload"] for job in state["jobs"]] == ["env"]
-    assert state["broker"]["url"] == broker.url
+    assert state["broker"]["url"] == advertised
     assert not (brokers.workdir / ".obque").exists()  # not the default root
     assert broker.stop() == 0, broker.log()
 

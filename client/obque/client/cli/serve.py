@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -15,7 +16,10 @@ __all__ = ["broker", "demo"]
 @click.option("--root", help=f"Root URI of the queue files (OBQUE_ROOT; {DEFAULT_ROOT}).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-@click.option("--advertise", help="URL written into each queue file (http://HOST:PORT).")
+@click.option(
+    "--advertise",
+    help="URL written into each queue file (OBQUE_ADVERTISE; http://HOST:PORT).",
+)
 @click.option("--token", help="Bearer token clients must send (OBQUE_TOKEN).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback bind without a token.")
 @click.option(
@@ -48,7 +52,9 @@ def broker(
     settings = BrokerSettings.from_env(
         root=root,
         token=token,
-        advertise=advertise or default_advertise(host, port),
+        # OBQUE_ADVERTISE stands in for the flag; only when neither is given is the
+        # bind address the URL clients are told.
+        advertise=advertise or os.environ.get("OBQUE_ADVERTISE") or default_advertise(host, port),
         broker_timeout=broker_timeout,
         take_serverless=take_serverless or None,
         bind_host=host,

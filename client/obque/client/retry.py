@@ -7,9 +7,12 @@ Retried: transport failures (connection refused or reset, timeouts), ``503 not_l
 again when its lease lapses (at-least-once).
 
 The budget is time, not a count: a call is tried until ``total_seconds`` (30 s by
-default) have passed since it started, so it outlasts a broker crash -- a standby takes
-over once the dead broker's heartbeat is ``--broker-timeout`` (10 s) old, and the
-heartbeat is up to a third of that older when the broker dies: 10-13 s in all. Waits
+default) have passed since it started, so it outlasts a broker crash. A standby takes
+over once the dead broker's last heartbeat is more than ``--broker-timeout`` (10 s) old.
+That heartbeat was already up to a third of the timeout old when the broker died (a
+leader writes one every ``timeout / 3``), which brings the takeover *sooner*, and the
+standby looks only every ``timeout / 3``, which can delay it by that much: 2/3 to 4/3 of
+the timeout after the death, 7-13 s by default. Waits
 grow exponentially from ``base_seconds`` up to ``cap_seconds`` with *equal jitter* (a
 random wait between half the ceiling and the ceiling: clients spread out, yet never
 hammer a failing broker with near-zero waits); a ``Retry-After`` is a floor.

@@ -275,14 +275,14 @@ def test_a_gcs_refusal_is_store_forbidden(
     """GCS's 403 (IAM, or an IAM condition on the object's name) is not retried and not
     answered as 503: the broker says ``store_forbidden`` and names the object."""
     need_module("google.cloud.storage")
-    from obque.core import StoreError, StoreUnavailable
+    from obque.core.errors import StoreForbidden, StoreUnavailable
     from obque.store import open_store
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", refusing_gcs)
     store = open_store("gs://obque-iam-test/other.json")
-    with pytest.raises(StoreError) as read:
+    with pytest.raises(StoreForbidden) as read:
         store.read()
-    with pytest.raises(StoreError) as write:
+    with pytest.raises(StoreForbidden) as write:
         store.write(b"{}", expected=None)
     for refused in (read.value, write.value):
         assert not isinstance(refused, StoreUnavailable)

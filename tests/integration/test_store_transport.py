@@ -16,7 +16,7 @@ import pytest
 from botocore.exceptions import ClientError
 from servers import StoreServer, free_ports
 
-from obque.core.errors import AmbiguousWrite, Conflict, StoreUnavailable
+from obque.core.errors import AmbiguousWrite, Conflict, StoreForbidden, StoreUnavailable
 from obque.store import open_store
 
 pytestmark = pytest.mark.timeout(60)
@@ -149,3 +149,51 @@ def test_s3_409_conditional_request_conflict_is_a_conflict_sent_once(
     assert isinstance(raised.value.__cause__, ClientError)
     assert "ConditionalRequestConflict" in str(raised.value.__cause__)
     assert misbehaving.writes == 1  # not retried by the SDK, not re-read as ambiguous
+
+
+def _answer(status: str, content_type: str, body: bytes) -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+S3_ACCESS_DENIED = _answer(
+    "403 Forbidden",
+    "application/xml",
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message><RequestId>R2</RequestId></Error>",
+)
+GCS_FORBIDDEN = _answer(
+    "403 Forbidden",
+    "application/json",
+    b'{"error": {"code": 403, "message": "broker@p.iam.gserviceaccount.com does not have '
+    b'storage.objects.get access.", "errors": [{"reason": "forbidden"}]}}',
+)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "misbehaving"),
+    [("s3", S3_ACCESS_DENIED), ("gs", GCS_FORBIDDEN)],
+    ids=["s3", "gs"],
+    indirect=["misbehaving"],
+)
+def test_a_403_is_store_forbidden_not_retried_and_names_the_object(
+    scheme: str, misbehaving: Misbehaving, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An IAM refusal is not transient: a broker answers it as 500 store_forbidden, never
+    # as a 503 that invites the caller to retry.
+    store = open_store(_endpoint_env(scheme, misbehaving.endpoint, monkeypatch))
+    try:
+        with pytest.raises(StoreForbidden) as read:
+            store.read()
+        with pytest.raises(StoreForbidden) as written:
+            store.write(b"{}", None)
+    finally:
+        store.close()
+    for refused in (read.value, written.value):
+        assert not isinstance(refused, StoreUnavailable)
+        assert refused.code == "store_forbidden"
+        assert store.uri in refused.message
+        assert "403" in refused.message and "may not access this object" in refused.message
+    assert misbehaving.writes == 1  # the write was refused once, not retried

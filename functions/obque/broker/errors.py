@@ -16,30 +16,46 @@ import msgspec
 from starlette.responses import Response
 
 from obque.broker.wire import ErrorBody, ErrorOut
-from obque.core import NotLeader, ObqueError
+from obque.core.errors import (
+    Conflict,
+    InvalidRequest,
+    MissingDependency,
+    NotLeader,
+    ObqueError,
+    PayloadTooLarge,
+    QueueFileCorrupt,
+    QueueFull,
+    QueueNotFound,
+    StoreError,
+    StoreForbidden,
+    StoreUnavailable,
+    Unauthorized,
+)
 
 __all__ = ["STATUS", "error_response", "http_error_response", "unexpected_error_response"]
 
 log = logging.getLogger("obque.broker")
 
+# Keyed by the exception classes' codes, so that the tree in ``obque.core.errors`` and
+# the statuses cannot drift apart; the other codes are the framework's own answers.
 STATUS: dict[str, int] = {
-    "invalid_request": 400,
-    "unauthorized": 401,
+    InvalidRequest.code: 400,
+    Unauthorized.code: 401,
     "not_found": 404,
-    "queue_not_found": 404,
+    QueueNotFound.code: 404,
     "method_not_allowed": 405,
-    "payload_too_large": 413,
-    "queue_full": 429,
-    "queue_file_corrupt": 500,
+    PayloadTooLarge.code: 413,
+    QueueFull.code: 429,
+    QueueFileCorrupt.code: 500,
     "internal_error": 500,
-    "missing_dependency": 500,
+    MissingDependency.code: 500,
     # The store refused the broker's own credentials (IAM): retrying cannot help, so not
     # a 503; the message names the object.
-    "store_forbidden": 500,
-    "not_leader": 503,
-    "store_unavailable": 503,
-    "conflict": 503,  # a CAS that kept losing: as retryable as an outage
-    "store_error": 503,
+    StoreForbidden.code: 500,
+    NotLeader.code: 503,
+    StoreUnavailable.code: 503,
+    Conflict.code: 503,  # a CAS that kept losing: as retryable as an outage
+    StoreError.code: 503,
 }
 
 
@@ -56,8 +72,8 @@ def error_response(exc: ObqueError) -> Response:
         broker = exc.broker_url
     if status == 503:
         headers["Retry-After"] = "1"
-        if code in ("conflict", "store_error"):
-            code = "store_unavailable"
+        if code in (Conflict.code, StoreError.code):
+            code = StoreUnavailable.code
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if status >= 500 and code != "not_leader":

@@ -5,13 +5,16 @@
     │   ├── PayloadTooLarge       a payload or body over its named limit (413)
     │   └── InvalidStoreURI       a store URI none of the adapters accepts
     ├── QueueNotFound             no queue file at that name (404)
-    ├── QueueFull                 the queue holds its configured maximum of jobs (429)
+    ├── QueueFull                 the queue holds its configured maximum of jobs, or
+    │                             of inline payload bytes (429)
     ├── QueueFileCorrupt          the queue file does not parse or has a foreign format;
-    │                             it is never overwritten (500, the one server error)
+    │                             it is never overwritten (500)
     ├── Unauthorized              no valid credentials for the broker (401)
     ├── NotLeader                 this broker was fenced by a newer epoch (503)
     ├── MissingDependency         an adapter's SDK is not installed; names the extra
     └── StoreError                the object store said no
+        ├── StoreForbidden        the store refused these credentials for the object;
+        │                         retrying cannot help (500)
         ├── Conflict              a compare-and-set lost: the object changed (or exists)
         └── StoreUnavailable      transport trouble; retry later (503)
             └── AmbiguousWrite    a write was sent but its answer was lost
@@ -35,6 +38,7 @@ __all__ = [
     "QueueFull",
     "QueueNotFound",
     "StoreError",
+    "StoreForbidden",
     "StoreUnavailable",
     "Unauthorized",
 ]
@@ -74,7 +78,8 @@ class QueueNotFound(ObqueError):
 
 
 class QueueFull(ObqueError):
-    """The queue holds its configured maximum number of jobs; consume some first."""
+    """The queue holds its configured maximum of jobs or of inline payload bytes;
+    consume some first."""
 
     code = "queue_full"
 
@@ -111,6 +116,13 @@ class StoreError(ObqueError):
     """The object store refused or failed an operation."""
 
     code = "store_error"
+
+
+class StoreForbidden(StoreError):
+    """The object store refused these credentials for the object (403); grant them access
+    (a deployed broker's IAM role or service account), since retrying cannot help."""
+
+    code = "store_forbidden"
 
 
 class Conflict(StoreError):

@@ -22,6 +22,7 @@ from obque.core.errors import (
     Conflict,
     MissingDependency,
     StoreError,
+    StoreForbidden,
     StoreUnavailable,
 )
 from obque.store.port import Backend, Snapshot
@@ -188,16 +189,8 @@ def _refused(uri: str, exc: api.GoogleAPICallError, *, writing: bool) -> StoreEr
     if code == 403:
         # Not transient: retrying cannot grant a permission (IAM, or an IAM condition on
         # the object's name).
-        return _forbidden(
+        return StoreForbidden(
             f"{uri}: {said}; the credentials in use (a deployed broker's: its service "
             "account) may not access this object"
         )
     return StoreError(f"{uri}: {said}")
-
-
-def _forbidden(message: str) -> StoreError:
-    """A store's refusal of these credentials for this object: answered by a broker as
-    500 ``store_forbidden``, never as a retryable 503."""
-    error = StoreError(message)
-    error.code = "store_forbidden"
-    return error

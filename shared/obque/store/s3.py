@@ -26,6 +26,7 @@ from obque.core.errors import (
     Conflict,
     MissingDependency,
     StoreError,
+    StoreForbidden,
     StoreUnavailable,
 )
 from obque.store.port import Backend, Snapshot
@@ -187,19 +188,11 @@ def _refused(uri: str, exc: ClientError, *, writing: bool) -> StoreError:
     if status == 403:
         # Not transient: retrying cannot grant a permission. S3 also answers 403 (not 404)
         # for a missing object when the caller may not list where it would be.
-        return _forbidden(
+        return StoreForbidden(
             f"{uri}: {said}; the credentials in use (a deployed broker's: its IAM role) may "
             "not access this object, or it does not exist and they may not list its prefix"
         )
     return StoreError(f"{uri}: {said}")
-
-
-def _forbidden(message: str) -> StoreError:
-    """A store's refusal of these credentials for this object: answered by a broker as
-    500 ``store_forbidden``, never as a retryable 503."""
-    error = StoreError(message)
-    error.code = "store_forbidden"
-    return error
 
 
 def _no_credentials(uri: str, exc: Exception) -> StoreError:

@@ -413,6 +413,32 @@ def test_foreign_format_is_named_in_the_error() -> None:
         decode_state(edited(lambda d: d.update(format="obque/2")), WHERE)
 
 
+HOSTILE_FORMATS: dict[str, object] = {
+    "long-string": "obque/2" + "x" * 100_000,
+    "forged-log-line": "obque/2\n" + "ERROR forged log line " * 10,
+    "huge-list": list(range(100_000)),
+}
+
+
+@pytest.mark.parametrize("fmt", HOSTILE_FORMATS.values(), ids=HOSTILE_FORMATS.keys())
+@pytest.mark.parametrize("unknown_field", [False, True], ids=["strict", "with-extras"])
+def test_a_foreign_format_is_quoted_short_and_on_one_line(fmt: object, unknown_field: bool) -> None:
+    # Whoever can write the bucket chooses the format value; it reaches HTTP answers and
+    # log lines, so the error quotes only its start, escaped.
+    def edit(doc: dict[str, Any]) -> None:
+        doc["format"] = fmt
+
+    data = edited(with_unknown_field(edit) if unknown_field else edit)
+    with pytest.raises(QueueFileCorrupt) as caught:
+        decode_state(data, WHERE)
+    message = caught.value.message
+    assert message.startswith(f"{WHERE} has format ")
+    assert "…, not 'obque/1'" in message
+    assert "\n" not in message
+    assert len(message) < len(WHERE) + 200
+    assert "untouched" in message
+
+
 def every_operation(store: Store) -> dict[str, Callable[[], object]]:
     def run(op: Op) -> Callable[[], object]:
         return lambda: Committer(store).commit([op])

@@ -81,10 +81,25 @@ def encode_state(state: QueueState) -> bytes:
     return _encoder.encode(_merge_extras(doc, state.extras))
 
 
+#: How much of a value read from a file an error quotes. The file is not ours to trust
+#: (anyone with write access to the bucket can put anything there) and the message goes
+#: into HTTP answers and log lines, so the quote is bounded and escaped.
+QUOTED_CHARS = 60
+
+
+def _quoted(value: object) -> str:
+    """``value`` as an error shows it: its repr (control characters escaped), cut after
+    ``QUOTED_CHARS`` characters with a trailing "…"."""
+    if isinstance(value, str):
+        return repr(value[:QUOTED_CHARS]) + ("…" if len(value) > QUOTED_CHARS else "")
+    text = repr(value)
+    return text[:QUOTED_CHARS] + ("…" if len(text) > QUOTED_CHARS else "")
+
+
 def _foreign(where: str, fmt: object) -> QueueFileCorrupt:
     return QueueFileCorrupt(
-        f"{where} has format {fmt!r}, not {FORMAT!r}; this obque cannot read it and left "
-        "it untouched"
+        f"{where} has format {_quoted(fmt)}, not {FORMAT!r}; this obque cannot read it and "
+        "left it untouched"
     )
 
 

@@ -3,9 +3,10 @@
 Every line, uvicorn's included, has ``ts`` (UTC, ISO 8601), ``level``, ``logger`` and
 ``msg``, then the fields its caller attached as ``extra`` -- the commit layer's lines carry
 ``event`` (``leader_acquired``, ``leader_fenced``, ``leader_standby``,
-``leader_released``, ``conflicts``, ``commit_failed``, ``slow_commit``) and ``queue`` (see
-``obque.commit.events``) -- and ``exc`` with the traceback when there is one. Log
-shippers (CloudWatch, Cloud Logging, Loki, jq) read the fields without a parsing rule.
+``leader_released``, ``conflicts``, ``commit_failed``, ``slow_commit``,
+``commit_crashed``) and ``queue`` (see ``obque.commit.events``) -- and ``exc`` with the
+traceback when there is one. Log shippers (CloudWatch, Cloud Logging, Loki, jq) read the
+fields without a parsing rule.
 
 What is logged never includes a token, a lease or a payload: the lines name queues,
 brokers, counts and error codes and messages, which name objects but not their contents.

@@ -170,15 +170,20 @@ class QueueEngine:
 
     def claim(self, op: Claim, wait_seconds: float = 0.0) -> ClaimResult:
         """A claim that waits up to ``wait_seconds`` for a job (long poll)."""
+        if wait_seconds <= 0:
+            return self._claim_now(self.run(op))
         deadline = time.monotonic() + wait_seconds
         while True:
-            result = self.run(op)
-            assert isinstance(result, ClaimResult)
-            remaining = deadline - time.monotonic()
-            if result.jobs or remaining <= 0:
-                return result
-            waiter = self._ready.waiter(remaining)
+            # Registered before the claim is submitted, so that no commit between its
+            # empty answer and the wait can slip by unheard (``obque.commit.longpoll``).
+            waiter = self._ready.waiter()
             try:
+                result = self.run(op)
+                assert isinstance(result, ClaimResult)
+                remaining = deadline - time.monotonic()
+                if result.jobs or remaining <= 0:
+                    return result
+                self._ready.park(waiter, remaining)
                 with contextlib.suppress(TimeoutError):
                     waiter.result(timeout=remaining)
             finally:
@@ -197,21 +202,29 @@ class QueueEngine:
         gone (an HTTP client that disconnected) must not be handed jobs nobody will see,
         which would then sit claimed until their lease lapsed.
         """
+        if wait_seconds <= 0:
+            return self._claim_now(await self.arun(op))
         deadline = time.monotonic() + wait_seconds
         while True:
-            result = await self.arun(op)
-            assert isinstance(result, ClaimResult)
-            remaining = deadline - time.monotonic()
-            if result.jobs or remaining <= 0:
-                return result
-            waiter = self._ready.waiter(remaining)
+            waiter = self._ready.waiter()  # before the claim: see ``claim``
             try:
+                result = await self.arun(op)
+                assert isinstance(result, ClaimResult)
+                remaining = deadline - time.monotonic()
+                if result.jobs or remaining <= 0:
+                    return result
+                self._ready.park(waiter, remaining)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.wrap_future(waiter), timeout=remaining)
             finally:
                 self._ready.drop(waiter)
             if abandoned is not None and await abandoned():
                 return ClaimResult(())
+
+    @staticmethod
+    def _claim_now(result: Result) -> ClaimResult:
+        assert isinstance(result, ClaimResult)
+        return result
 
     @property
     def parked_claims(self) -> int:

@@ -1,11 +1,24 @@
 """Where a queue's long-poll claims wait for a job, without polling the store.
 
-A claim that found nothing parks a future here. It is resolved when a commit leaves a
-job ready (the engine's writer calls :meth:`ReadySignal.wake_if_ready`), or by a timer
-when the earliest delayed job or lapsing lease of the last known state comes due --
-whichever is first. The claim then tries again. A process that is not the queue's only
-writer (an in-process client beside other processes) hears nothing of the others'
-pushes, so its waiters also wake every ``OTHERS_POLL_S`` to look at the file again.
+A long-poll claim registers a future here *before* it submits its claim, and parks on
+it if the claim found nothing. It is resolved when a commit leaves a job ready (the
+engine's writer calls :meth:`ReadySignal.wake_if_ready`), or by a timer when the
+earliest delayed job or lapsing lease of the last known state comes due -- whichever is
+first. The claim then tries again.
+
+Registering first is what makes the wake impossible to lose:
+
+    claimer   register   submit claim ... answered: nothing   arm timer   park
+    writer                   [commit claim]   [commit push] -> wake_if_ready
+
+A push that lands after the claim's commit but before the claimer parks finds the
+future registered and resolves it, so parking returns at once. (Registered only after
+the empty answer, that future would miss the wake, and with a job ready and thus no
+due time there would be no timer either: the poll waited out its whole wait.)
+
+A process that is not the queue's only writer (an in-process client beside other
+processes) hears nothing of the others' pushes, so its waiters also wake every
+``OTHERS_POLL_S`` to look at the file again.
 """
 
 from __future__ import annotations
@@ -30,18 +43,30 @@ class ReadySignal:
         self.committer = committer
         self._lock = threading.Lock()
         self._waiters: list[Future[None]] = []
+        # Those of ``_waiters`` whose claim found nothing and which wait now.
+        self._parked: set[Future[None]] = set()
         self._due_cache: tuple[QueueState | None, int | None] = (None, None)
 
     @property
     def waiting(self) -> int:
         """Long polls parked right now."""
-        return len(self._waiters)
+        return len(self._parked)
 
-    def waiter(self, timeout: float) -> Future[None]:
-        """A future resolved when a job may be ready (give it back with :meth:`drop`)."""
+    def waiter(self) -> Future[None]:
+        """A future resolved by the next commit that leaves a job ready; take it before
+        submitting the claim, and give it back with :meth:`drop`."""
         waiter: Future[None] = Future()
         with self._lock:
             self._waiters.append(waiter)
+        return waiter
+
+    def park(self, waiter: Future[None], timeout: float) -> None:
+        """The claim found nothing: also wake ``waiter`` when the next delayed job or
+        lapsing lease of the state now known comes due (if before ``timeout``)."""
+        with self._lock:
+            if waiter.done() or waiter not in self._waiters:
+                return  # woken already: a job may be ready, no need to wait
+            self._parked.add(waiter)
         due = self._due_ms()
         delay = None if due is None else max(0.0, due / 1000 - self.committer.clock()) + 0.002
         if not self.committer.trust_cache:
@@ -50,10 +75,10 @@ class ReadySignal:
             timer = threading.Timer(delay, _wake, (waiter,))
             timer.daemon = True
             timer.start()
-        return waiter
 
     def drop(self, waiter: Future[None]) -> None:
         with self._lock:
+            self._parked.discard(waiter)
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
@@ -69,6 +94,7 @@ class ReadySignal:
     def wake_all(self) -> None:
         with self._lock:
             waiters, self._waiters = self._waiters, []
+            self._parked.clear()
         for waiter in waiters:
             _wake(waiter)
 

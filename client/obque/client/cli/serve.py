@@ -60,12 +60,15 @@ def broker(
         bind_host=host,
     )
     check_bind(settings, host, insecure=insecure)
-    click.echo(
-        f"obque broker: serving {settings.root} at http://{host}:{port} "
-        f"(advertised as {settings.advertise})",
-        err=True,
-    )
-    serve(settings, host, port, insecure=insecure, log_level=log_level)
+
+    def announce() -> None:
+        click.echo(
+            f"obque broker: serving {settings.root} at http://{host}:{port} "
+            f"(advertised as {settings.advertise})",
+            err=True,
+        )
+
+    serve(settings, host, port, insecure=insecure, log_level=log_level, on_ready=announce)
     return 0
 
 

@@ -144,6 +144,14 @@ def test_work_handler_from_the_current_directory(cli: Cli) -> None:
         (("--handler", "no_such_module:f"), ("cannot import", "no_such_module")),
         (("--handler", "json:no_such_function"), ("no function", "no_such_function")),
         (("--handler", "tasks"), ("module:function",)),
+        (
+            ("--handler", "broken_syntax:f"),
+            ("cannot import broken_syntax: SyntaxError:", "(broken_syntax.py:2)"),
+        ),
+        (
+            ("--handler", "broken_import:f"),
+            ("cannot import broken_import: RuntimeError: no database (broken_import.py:2)",),
+        ),
     ],
     ids=[
         "neither",
@@ -156,9 +164,15 @@ def test_work_handler_from_the_current_directory(cli: Cli) -> None:
         "no-module",
         "no-function",
         "no-colon",
+        "syntax-error-in-module",
+        "exception-at-import",
     ],
 )
 def test_work_mistakes(cli: Cli, flags: tuple[str, ...], mentions: tuple[str, ...]) -> None:
+    (cli.cwd / "broken_syntax.py").write_text("def f(job):\n    return (\n")
+    (cli.cwd / "broken_import.py").write_text(
+        "import os\nraise RuntimeError('no database')\ndef f(job): pass\n"
+    )
     cli("init").ok()
     cli("work", QUEUE, "--max-jobs", "1", *flags).user_error(*mentions)
     cli("work", QUEUE, "-c", "true", "--max-jobs", "0").user_error("--max-jobs", "x>=1")
@@ -184,16 +198,21 @@ def test_work_runs_a_program_after_double_dash_without_a_shell(cli: Cli) -> None
 
 
 def test_work_on_a_missing_queue(cli: Cli) -> None:
-    cli("work", QUEUE, "-c", "true", "--max-jobs", "1").user_error("no queue", "obque init")
+    cli("work", QUEUE, "-c", "true", "--max-jobs", "1").user_error(
+        f"no queue at {QUEUE}; create it with `obque init {QUEUE}`"
+    )
 
 
 # -- inspect, stats, dead -------------------------------------------------------------------------
 
 
 def test_inspect_and_stats_of_a_missing_queue(cli: Cli) -> None:
-    cli("inspect").user_error("no queue", "obque init")
-    cli("inspect", "--queue", "nope").user_error("nope.json", "obque init")
-    cli("stats").user_error("no queue", "obque init")
+    hint = "no queue at {0}; create it with `obque init {0}`"
+    cli("inspect").user_error(hint.format(QUEUE))
+    nope = "file://./.obque/nope.json"
+    cli("inspect", "--queue", "nope").user_error(hint.format(nope))
+    cli("inspect", "file://./x/q.json").user_error(hint.format("file://./x/q.json"))
+    cli("stats").user_error(hint.format(QUEUE))
     cli("stats", "file://./.obque/nope.json").user_error("nope.json")
     cli("dead", "list").user_error("no queue")
     cli("stats", "bogus://b/q.json").user_error("bogus", *FORMS)

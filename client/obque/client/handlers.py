@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,7 +62,29 @@ def import_handler(spec: str) -> Callable[[Job], Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise InvalidRequest(f"--handler {spec!r}: cannot import {module_name}: {exc}") from None
+    except Exception as exc:  # the module itself is broken: a SyntaxError, a raise at import
+        raise InvalidRequest(
+            f"--handler {spec!r}: cannot import {module_name}: {_where(exc)}"
+        ) from None
     handler = getattr(module, attr, None)
     if not callable(handler):
         raise InvalidRequest(f"--handler {spec!r}: {module_name} has no function {attr!r}")
     return handler  # type: ignore[no-any-return]
+
+
+def _where(exc: Exception) -> str:
+    """``Type: message (file:line)``, the line being where the import failed in the
+    user's code: a SyntaxError knows it; otherwise the deepest frame in a file under the
+    current directory (else the deepest frame at all)."""
+    if isinstance(exc, SyntaxError):
+        filename, lineno, message = exc.filename or "?", exc.lineno, exc.msg
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename[:1] != "<"]
+        here = os.getcwd() + os.sep
+        own = [f for f in frames if f.filename.startswith(here)] or frames
+        filename, lineno = (own[-1].filename, own[-1].lineno) if own else ("?", None)
+        message = str(exc)
+    if filename.startswith(os.getcwd() + os.sep):
+        filename = os.path.relpath(filename)
+    text = " ".join(f"{type(exc).__name__}: {message}".split())
+    return f"{text} ({filename}:{lineno})" if lineno else f"{text} ({filename})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -77,7 +78,9 @@ def load_state(uri: str) -> tuple[QueueState, bytes, str]:
     store = open_store(uri)
     snap = store.read()
     if snap is None:
-        raise QueueNotFound(f"no queue at {store.uri}; create it with `obque init`")
+        # The exact URI: a bare `obque init` would create the default queue, not this one.
+        create = f"obque init {shlex.quote(store.uri)}"
+        raise QueueNotFound(f"no queue at {store.uri}; create it with `{create}`")
     return decode_state(snap.data, store.uri), snap.data, store.uri
 
 

@@ -947,6 +947,25 @@ def test_max_jobs_answers_queue_full_and_pushes_nothing_from_that_op() -> None:
     assert isinstance(result, OpError) and result.code == "queue_full"
 
 
+def test_a_retried_keyed_push_on_a_queue_at_max_jobs_answers_its_existing_id() -> None:
+    """A client retrying a keyed push whose first attempt landed must get its id back,
+    not queue_full: duplicates add no job, so they do not count against max_jobs."""
+    state, [first] = push(queue(max_jobs=2), "a", key="once")
+    state, _ = push(state, "b")
+    assert len(state.jobs) == 2  # full
+    state, [retry] = commit(state, Push.of([NewJob.of("a", key="once")]))
+    assert answer(retry) == ((first,), (first,))
+    # Repeated within one push, a new key adds one job, and only that one counts.
+    state, [acked] = claim(state)
+    state, _ = ack(state, acked)
+    state, [twice] = commit(state, Push.of([NewJob.of("c", key="k2")] * 2))
+    assert answer(twice) == (("3", "3"), ("3",))
+    # New jobs beside a duplicate still meet the limit.
+    state, [over] = commit(state, Push.of([NewJob.of("a", key="once"), NewJob.of("d")]))
+    assert isinstance(over, OpError) and over.code == "queue_full", over
+    assert len(state.jobs) == 2
+
+
 # -- the commit frame -----------------------------------------------------------------
 
 
@@ -1190,6 +1209,26 @@ def test_max_inline_bytes_answers_queue_full_naming_the_limit_and_the_size() -> 
     assert state.inline_bytes == summed_inline_bytes(state) == 707
 
 
+def test_a_retried_keyed_push_past_max_inline_bytes_answers_its_existing_id() -> None:
+    """Duplicates add no bytes to the file, so they do not count against
+    max_inline_bytes: the retry of a landed keyed push gets its id, not queue_full."""
+    state, [first] = push(queue(max_inline_bytes=1100), "x" * 498, key="once")
+    state, _ = push(state, "y" * 498)
+    assert state.inline_bytes == 1000
+    state, [retry] = commit(state, Push.of([NewJob.of("x" * 498, key="once")]))
+    assert answer(retry) == ((first,), (first,))
+    # A key repeated in one push adds its bytes once.
+    state, [acked] = claim(state)
+    state, _ = ack(state, acked)
+    state, [twice] = commit(state, Push.of([NewJob.of("z" * 498, key="k2")] * 2))
+    assert answer(twice) == (("3", "3"), ("3",))
+    assert state.inline_bytes == summed_inline_bytes(state) == 1000
+    # New bytes beside a duplicate still meet the limit.
+    state, [over] = commit(state, Push.of([NewJob.of("z" * 498, key="k2"), NewJob.of("w" * 99)]))
+    assert isinstance(over, OpError) and over.code == "queue_full", over
+    assert "101 more" in over.message
+
+
 def test_a_spilled_payload_counts_only_the_name_that_stands_for_it() -> None:
     big = 200_000  # far above the limit, but not in the file
     state, [result] = commit(queue(max_inline_bytes=1024), Push.of([spilled_job(big, 1)]))
@@ -1268,13 +1307,15 @@ def test_inline_bytes_are_summed_once_per_decode_never_per_commit(
         return real(job)
 
     monkeypatch.setattr(state_module, "job_inline_bytes", spy)
+    # machine.py holds its own reference: a re-sum inside a commit would go through it.
+    monkeypatch.setattr(machine_module, "job_inline_bytes", spy)
     decoded = decode_state(data, "q")
     assert len(counted) == 3000 and decoded.inline_bytes == state.inline_bytes
     counted.clear()
     after, [result] = commit(decoded, Push.of([NewJob.of("one more")]))
     after, _ = claim(after, 100)
     assert as_push(result).ids == ("3001",)
-    assert counted == []
+    assert counted == [1]  # the one job added, never the 3000 already there
     assert after.inline_bytes == decoded.inline_bytes + len(b'"one more"')
 
 

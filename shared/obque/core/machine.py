@@ -23,6 +23,7 @@ from msgspec import Raw
 from msgspec.structs import replace
 
 from obque.core import limits
+from obque.core.admission import push_refusal
 from obque.core.model import Applied, Job, JobClaim, Stats
 from obque.core.opcodec import encode_results
 from obque.core.ops import (
@@ -42,8 +43,8 @@ from obque.core.ops import (
     LeaseRef,
     Nack,
     NackItem,
+    NewJob,
     Op,
-    OpError,
     Purge,
     Push,
     PushResult,
@@ -228,29 +229,21 @@ class _Commit:
     # -- push -------------------------------------------------------------------------
 
     def push(self, op: Push) -> Result:
-        limit = self.config.max_payload_bytes
+        # Keys already live or remembered, or repeated within this push, add no job:
+        # only the rest count against the queue's limits (``obque.core.admission``).
+        keys: set[str] = set()
+        added: list[NewJob] = []
         for new in op.jobs:
-            if new.size > limit:
-                return OpError(
-                    "payload_too_large",
-                    f"a payload of {new.size} bytes exceeds this queue's "
-                    f"max_payload_bytes of {limit}",
-                )
-        if len(self.jobs) + len(op.jobs) > self.config.max_jobs:
-            return OpError(
-                "queue_full",
-                f"queue {self.base.name!r} holds {len(self.jobs)} jobs; max_jobs is "
-                f"{self.config.max_jobs}",
-            )
-        adding = sum(new.inline_bytes for new in op.jobs)
-        if self.inline_bytes + adding > self.config.max_inline_bytes:
-            return OpError(
-                "queue_full",
-                f"queue {self.base.name!r} holds {self.inline_bytes} bytes of payloads in its "
-                f"file; {adding} more would pass max_inline_bytes of "
-                f"{self.config.max_inline_bytes} (payloads above spill_payload_bytes are "
-                "stored beside the file and count only their name)",
-            )
+            if new.key is not None:
+                if new.key in keys or self._find_key(new.key) is not None:
+                    continue
+                keys.add(new.key)
+            added.append(new)
+        refusal = push_refusal(
+            self.base.name, self.config, len(self.jobs), self.inline_bytes, op.jobs, added
+        )
+        if refusal is not None:
+            return refusal
         ids: list[str] = []
         duplicates: list[str] = []
         for new in op.jobs:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import heapq
 from collections.abc import Sequence
 from dataclasses import replace as replace_dc
 
@@ -24,6 +23,7 @@ from msgspec.structs import replace
 
 from obque.core import limits
 from obque.core.admission import push_refusal
+from obque.core.cursor import ReadyCursor
 from obque.core.model import Applied, Job, JobClaim, Stats
 from obque.core.opcodec import encode_results
 from obque.core.ops import (
@@ -110,11 +110,7 @@ class _Commit:
         self.inline_bytes = state.inline_bytes
         #: Did any operation change the queue? If not, there is nothing to write.
         self.changed = False
-        # Claim cursor over the FIFO, built on the first claim of the commit.
-        self._order: list[str] | None = None
-        self._pos = 0
-        self._index: dict[str, int] | None = None
-        self._behind: list[tuple[int, str]] = []
+        self.cursor = ReadyCursor(self.jobs, now_ms)
 
     # -- commit frame -------------------------------------------------------------
 
@@ -282,10 +278,7 @@ class _Commit:
         self.inline_bytes += job_inline_bytes(job)
         if job.key is not None:
             self.keys.setdefault(job.key, job.id)
-        if self._order is not None:
-            if self._index is not None:
-                self._index[job.id] = len(self._order)
-            self._order.append(job.id)
+        self.cursor.appended(job.id)
 
     # -- claim ------------------------------------------------------------------------
 
@@ -293,7 +286,7 @@ class _Commit:
         lease_ms = op.lease_ms or self.config.lease_seconds * 1000
         got: list[ClaimedJob] = []
         while len(got) < op.max:
-            job = self._next_ready()
+            job = self.cursor.next_ready()
             if job is None:
                 break
             self.changed = True
@@ -309,38 +302,6 @@ class _Commit:
             )
             got.append(ClaimedJob(job.id, job.payload, attempt, lease, expires, job.spilled))
         return ClaimResult(tuple(got))
-
-    def _is_ready(self, job_id: str) -> Job | None:
-        job = self.jobs.get(job_id)
-        if job is None or job.claim is not None or job.ready_ms > self.now:
-            return None
-        return job
-
-    def _next_ready(self) -> Job | None:
-        """The earliest ready job in FIFO order, or None."""
-        if self._order is None:
-            self._order = list(self.jobs)
-        order = self._order
-        while self._pos < len(order) and self._is_ready(order[self._pos]) is None:
-            self._pos += 1
-        while self._behind and self._is_ready(self._behind[0][1]) is None:
-            heapq.heappop(self._behind)
-        if self._behind and (self._pos >= len(order) or self._behind[0][0] < self._pos):
-            return self.jobs[heapq.heappop(self._behind)[1]]
-        if self._pos < len(order):
-            self._pos += 1
-            return self.jobs[order[self._pos - 1]]
-        return None
-
-    def _became_ready(self, job_id: str) -> None:
-        """A job at its old FIFO place is ready again: claims must see it before newer ones."""
-        if self._order is None:
-            return
-        if self._index is None:
-            self._index = {jid: i for i, jid in enumerate(self._order)}
-        index = self._index[job_id]
-        if index < self._pos:
-            heapq.heappush(self._behind, (index, job_id))
 
     # -- settle: heartbeat, ack, nack ---------------------------------------------------
 
@@ -395,7 +356,7 @@ class _Commit:
             delay = retry_delay_ms(job.attempts, c.retry_delay_seconds, c.retry_delay_max_seconds)
         self.jobs[job.id] = replace(job, claim=None, ready_ms=self.now + delay, last_error=error)
         if delay <= 0:
-            self._became_ready(job.id)
+            self.cursor.became_ready(job.id)
         return ItemResult(job.id, True)
 
     # -- dead letters -------------------------------------------------------------------

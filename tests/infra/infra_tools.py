@@ -2,7 +2,8 @@
 
 Every tool is the real one: the CDK CLI from npm (``infra/node_modules``), cfn-lint,
 SAM CLI (its own venv under ``.build/tools/sam``: its pins clash with the dev venv),
-Terraform. ``scripts/setup-infra`` installs them all. A missing tool skips its tests with
+Terraform. ``scripts/setup-infra`` installs the first three and checks for Terraform and
+CPython 3.12, which no registry here serves. A missing tool skips its tests with
 that advice -- or fails them when ``OBQUE_REQUIRE_INFRA=1`` (CI sets it), so a missing
 install step cannot pass as green.
 

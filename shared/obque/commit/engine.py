@@ -38,15 +38,17 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future, InvalidStateError
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
+from obque.commit.answers import Answer, answer
 from obque.commit.cas import Committer
 from obque.commit.events import CommitListener, CommitLog, CommitRecord
 from obque.commit.leader import Leadership
 from obque.commit.longpoll import ReadySignal
 from obque.commit.payloads import Payloads
+from obque.commit.takeover import take_over
 from obque.core import (
     Claim,
     ClaimResult,
@@ -66,10 +68,6 @@ MAX_BATCH_OPS = 5000
 #: After a commit, how long (as a fraction of its duration) the writer waits at most for
 #: the callers it answered to submit again before it starts the next commit.
 GATHER_FRACTION = 0.1
-
-#: Where a caller's answer goes: a thread's future, or an asyncio future of ``arun``,
-#: which is settled on its own event loop (one thread-safe call per loop and commit).
-Answer = Future[Result] | asyncio.Future[Result]
 
 
 @dataclass
@@ -380,7 +378,7 @@ class QueueEngine:
         )
         # Those pending now came from other callers; the ones answered next will be back.
         self._gather_target = len(self._pending) + len(batch)
-        _answer(batch, results)
+        answer(batch, results)
         self._ready.wake_if_ready(state)
 
     def _not_leader(self, lead: Leadership, was_leader: bool, exc: NotLeader) -> None:
@@ -403,72 +401,10 @@ class QueueEngine:
                 self.log.crashed(exc)
 
     def _acquire(self, lead: Leadership) -> None:
-        state = self.committer.state or self.committer.refresh()
-        now = self.committer.now_ms()
-        if not lead.can_take(state, now):
-            state = self.committer.refresh()  # the cached record may be old
-            if not lead.can_take(state, now):
-                raise lead.not_leader(state)
-
-        def still_free(current: QueueState) -> None:
-            if not lead.can_take(current, self.committer.now_ms()):
-                raise lead.not_leader(current)
-            if current.broker != state.broker:
-                # Another broker advertised since ``state`` was read (our cache was old):
-                # epoch + 1 of the old record would not be above theirs. Build anew.
-                raise _RecordMoved(current)
-
-        while True:
-            try:
-                taken, _ = self.committer.commit([lead.claim_op(state, now)], check=still_free)
-                break
-            except _RecordMoved as moved:
-                state = moved.state
-        lead.fenced_by = None
-        lead.committed(taken)
-        previous = state.broker.url if state.broker is not None else None
+        """Take the queue (``obque.commit.takeover``); raises ``NotLeader`` if taken."""
+        previous = take_over(self.committer, lead)
         self.log.acquired(lead.url, lead.epoch or 0, previous)
 
     @staticmethod
     def _fail(batch: list[tuple[Op, Answer]], exc: BaseException) -> None:
-        _answer(batch, [exc] * len(batch))
-
-
-class _RecordMoved(Exception):
-    """A takeover's commit found another broker record than the one it was built on."""
-
-    def __init__(self, state: QueueState) -> None:
-        super().__init__("the queue's broker record changed meanwhile")
-        self.state = state
-
-
-Outcome = Result | BaseException
-
-
-def _answer(batch: list[tuple[Op, Answer]], outcomes: Sequence[Outcome]) -> None:
-    """Resolve each caller's future; asyncio futures on their own loops, in one call per
-    loop. A future cancelled meanwhile (a caller that gave up) is skipped: its operation
-    is committed all the same."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Result], Outcome]]] = {}
-    for (_, future), outcome in zip(batch, outcomes, strict=False):
-        if isinstance(future, asyncio.Future):
-            by_loop.setdefault(future.get_loop(), []).append((future, outcome))
-        else:
-            with contextlib.suppress(InvalidStateError):  # cancelled by its caller
-                _settle(future, outcome)
-    for loop, answers in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
-            loop.call_soon_threadsafe(_settle_on_loop, answers)
-
-
-def _settle_on_loop(answers: list[tuple[asyncio.Future[Result], Outcome]]) -> None:
-    for future, outcome in answers:
-        if not future.done():
-            _settle(future, outcome)
-
-
-def _settle(future: Answer, outcome: Outcome) -> None:
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+        answer(batch, [exc] * len(batch))

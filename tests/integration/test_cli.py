@@ -55,7 +55,8 @@ def test_push_json_lines_from_stdin(cli: Cli) -> None:
     cli("init").ok()
     lines = "\n".join(json.dumps({"n": n}) for n in range(2500)) + "\n\n"
     run = cli("push", QUEUE, "-", stdin=lines).ok()
-    assert "pushed 2500" in run.stderr
+    # stderr is not a terminal here: one plain final line, no spinner glyph.
+    assert run.stderr == "pushed 2500 jobs\n"
     state = cli.queue_file()
     assert state["stats"]["pushed"] == 2500
     assert [j["payload"]["n"] for j in state["jobs"]] == list(range(2500))

@@ -32,7 +32,13 @@ from obque.client.jobs import Job
 from obque.client.sync import Client
 from obque.client.worker import Worker
 from obque.commit import create_queue
-from obque.core import InvalidRequest, ObqueError, StoreUnavailable, decode_state
+from obque.core import (
+    InvalidRequest,
+    InvalidStoreURI,
+    ObqueError,
+    StoreUnavailable,
+    decode_state,
+)
 from obque.store import Store, open_root
 
 __all__ = ["DemoOptions", "DemoResult", "run_demo"]
@@ -149,7 +155,11 @@ def _run(
     from obque.broker import BrokerSettings, create_app
 
     root_uri = _with_latency(base, opts.latency)
-    root = open_root(root_uri)
+    try:
+        root = open_root(root_uri)
+    except InvalidStoreURI as exc:  # name the user's --root, not the one with ?latency=
+        hint = f"; for a folder use file://{base.rstrip('/')}/" if "://" not in base else ""
+        raise InvalidStoreURI(f"--root: {exc.message.replace(root_uri, base)}{hint}") from None
     store = root.queue(opts.queue)
     create_queue(store, opts.queue, {"lease_seconds": 30, "max_attempts": 5}, update=False)
     port = _free_port()
@@ -209,6 +219,7 @@ def _drive(
     client = Client(queue_uri)
     first = client.stats()
     counts = app.state.queues.root.backend.counts  # the broker's own store requests
+    ops_before = _ops_committed(app)
     writes_before = counts.as_dict().get("writes", 0) if counts else 0
     worker = Worker(client, handle, concurrency=opts.workers, worker_id="demo", on_done=done)
     consumer = threading.Thread(target=worker.run, name="obque-demo-worker", daemon=True)
@@ -260,7 +271,7 @@ def _drive(
             retried=failures,
             commits=int(last["commits"]) - int(first["commits"]),
             store_writes=writes,
-            operations=3 * len(ours) + 2 * failures,
+            operations=_ops_committed(app) - ops_before,
             latencies_ms=latencies,
         )
         # Shown at once; the worker's last long poll may take a few seconds to return.
@@ -271,6 +282,12 @@ def _drive(
         if consumer.is_alive():
             consumer.join(35)
         client.close()
+
+
+def _ops_committed(app: Any) -> int:
+    """Operations the demo broker's engines have committed so far (as counted by the
+    engines themselves, the figure ``obque_ops_total`` reports)."""
+    return sum(int(getattr(e.stats, "ops", 0)) for e in app.state.queues.known().values())
 
 
 def _watch(
@@ -325,7 +342,7 @@ def _summarize(
     out.write(f"  {result.retried} failures retried by the queue; {result.lost} jobs lost\n")
     out.write(
         f"  {result.commits} commits ({result.store_writes} store writes) for "
-        f"{result.operations} push/claim/ack/nack operations = "
+        f"{result.operations} operations (a claim or an ack may cover several jobs) = "
         f"{result.ops_per_commit:.1f} operations per commit\n"
     )
     if temporary:

@@ -1,7 +1,9 @@
 """The ``obque`` command line (Click, with Rich tables and progress bars).
 
 Every command prints one clear ``obque: …`` line on stderr and exits non-zero on a user's
-mistake (a bad flag value, a missing queue, an unreachable broker); never a stack trace.
+mistake (a bad flag value, a missing queue, an unreachable broker, a handler module that
+does not import, a broker port in use or a root it cannot read); never a stack trace.
+Tests in ``tests/integration/test_cli*.py`` hold each command to this.
 Flags override ``OBQUE_ROOT``, ``OBQUE_TOKEN`` and ``OBQUE_URL``.
 
     __init__ (here)  the group, and the one place errors become exit codes

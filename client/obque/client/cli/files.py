@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from obque.client.cli.common import emit, file_options, load_state, queue_uri
-from obque.client.cli.inspect_view import inspect_summary, render_inspect
+from obque.client.cli.inspect_view import CLAIMED_SHOWN, inspect_summary, render_inspect
 from obque.core import QueueConfig
 from obque.core.limits import check_queue_name
 from obque.store import open_store
@@ -73,7 +73,8 @@ def init(target: str | None, root: str | None, queue: str | None, **settings: An
     type=click.IntRange(min=0),
     default=20,
     show_default=True,
-    help="Jobs (and claimed jobs) to list.",
+    help=f"Rows of the jobs table. The claimed table is apart: up to {CLAIMED_SHOWN} rows "
+    "whatever --limit says (--json has every claim).",
 )
 def inspect(
     target: str | None, root: str | None, queue: str | None, as_json: bool, raw: bool, limit: int

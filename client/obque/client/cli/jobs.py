@@ -78,8 +78,10 @@ def _push_lines(
     batch: list[PushItem] = []
     total = 0
     console = err_console()
-    columns = (SpinnerColumn(), TextColumn("pushed {task.completed:.0f} jobs"))
-    # Progress shows a live count on a terminal and one final line otherwise.
+    count = TextColumn("pushed {task.completed:.0f} jobs")
+    # Progress shows a live count on a terminal and one final line otherwise (a line that
+    # a log keeps: no spinner glyph in it).
+    columns = (SpinnerColumn(), count) if console.is_terminal else (count,)
     with Progress(*columns, console=console, transient=False) as progress:
         counter = progress.add_task("push", total=None)
 

@@ -34,12 +34,12 @@ from obque.broker.errors import (
 )
 from obque.broker.hot import HOT_VERBS, Handler, HotRoutes
 from obque.broker.metrics import BrokerMetrics
+from obque.broker.openapi import publish_schemas, route_doc
 from obque.broker.queues import QueueRegistry
 from obque.broker.settings import BrokerSettings
 from obque.broker.wire import (
     MAX_BODY_BYTES,
     REQUEST_TYPES,
-    RESPONSE_TYPES,
     AckIn,
     ClaimIn,
     ConfigIn,
@@ -68,56 +68,12 @@ from obque.core import (
     Result,
     StoreUnavailable,
 )
-from obque.core.limits import NAME_PATTERN
 
 __all__ = ["create_app"]
 
 _DECODERS: dict[type, msgspec.json.Decoder[Any]] = {
     t: msgspec.json.Decoder(t) for t in REQUEST_TYPES
 }
-_ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
-_ERRORS = {
-    str(status): {"description": text, "content": {"application/json": {"schema": _ERROR_REF}}}
-    for status, text in (
-        (400, "invalid_request"),
-        (401, "unauthorized"),
-        (404, "queue_not_found"),
-        (413, "payload_too_large"),
-        (429, "queue_full"),
-        (500, "queue_file_corrupt"),
-        (503, "not_leader or store_unavailable (with Retry-After)"),
-    )
-}
-
-
-def _doc(
-    body: type | None,
-    answer: type,
-    statuses: tuple[int, ...] = (200,),
-    *,
-    body_optional: bool = False,
-) -> dict[str, Any]:
-    """OpenAPI for a route whose bodies msgspec handles (FastAPI never sees them)."""
-    answer_ref = {"$ref": f"#/components/schemas/{answer.__name__}"}
-    responses: dict[str, Any] = {
-        **{
-            str(status): {
-                "description": "Created" if status == 201 else "OK",
-                "content": {"application/json": {"schema": answer_ref}},
-            }
-            for status in statuses
-        },
-        **_ERRORS,
-    }
-    extra: dict[str, Any] = {"responses": responses}
-    if body is not None:
-        extra["requestBody"] = {
-            "required": not body_optional,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{body.__name__}"}}
-            },
-        }
-    return {"openapi_extra": extra, "response_class": Response}
 
 
 async def _read(request: Request) -> bytes:
@@ -269,20 +225,22 @@ def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
 
     # -- queues --------------------------------------------------------------------------
 
-    @app.put("/v1/queues/{name}", **_doc(ConfigIn, views.QueueOut, (200, 201), body_optional=True))
+    @app.put(
+        "/v1/queues/{name}", **route_doc(ConfigIn, views.QueueOut, (200, 201), body_optional=True)
+    )
     async def put_queue(name: str, request: Request) -> Response:
         config: ConfigIn = await _decode_optional(request, ConfigIn) or ConfigIn()
         created, state = await queues.create(name, config.changes())
         return _json(views.queue_out(state), 201 if created else 200)
 
-    @app.get("/v1/queues", **_doc(None, QueuesOut))
+    @app.get("/v1/queues", **route_doc(None, QueuesOut))
     async def list_queues() -> Response:
         names = await queues.names()
         return _json(QueuesOut([QueueRef(n, queues.root.queue(n).uri) for n in names]))
 
     # -- jobs --------------------------------------------------------------------------------
 
-    @app.post("/v1/queues/{name}/push", **_doc(PushIn, views.PushOut))
+    @app.post("/v1/queues/{name}/push", **route_doc(PushIn, views.PushOut))
     async def push(name: str, request: Request) -> Response:
         engine = await queues.get(name)
         body: PushIn = await _decode(request, PushIn)
@@ -293,7 +251,7 @@ def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
         _raise_op_error(result)
         return _json(views.push_out(result))
 
-    @app.post("/v1/queues/{name}/claim", **_doc(ClaimIn, views.ClaimOut))
+    @app.post("/v1/queues/{name}/claim", **route_doc(ClaimIn, views.ClaimOut))
     async def claim(name: str, request: Request) -> Response:
         engine = await queues.get(name)
         body: ClaimIn = await _decode(request, ClaimIn)
@@ -301,7 +259,7 @@ def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
         result = await engine.aclaim(op, body.wait_seconds, abandoned=request.is_disconnected)
         return _json(views.claim_out(result))
 
-    @app.post("/v1/queues/{name}/heartbeat", **_doc(HeartbeatIn, views.ResultsOut))
+    @app.post("/v1/queues/{name}/heartbeat", **route_doc(HeartbeatIn, views.ResultsOut))
     async def heartbeat(name: str, request: Request) -> Response:
         engine = await queues.get(name)
         body: HeartbeatIn = await _decode(request, HeartbeatIn)
@@ -309,14 +267,14 @@ def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
         result = await engine.arun(Heartbeat.of(refs, body.lease_seconds))
         return _json(views.results_out(result))
 
-    @app.post("/v1/queues/{name}/ack", **_doc(AckIn, views.ResultsOut))
+    @app.post("/v1/queues/{name}/ack", **route_doc(AckIn, views.ResultsOut))
     async def ack(name: str, request: Request) -> Response:
         engine = await queues.get(name)
         body: AckIn = await _decode(request, AckIn)
         result = await engine.arun(Ack.of(LeaseRef.of(i.id, i.lease) for i in body.leases))
         return _json(views.results_out(result))
 
-    @app.post("/v1/queues/{name}/nack", **_doc(NackIn, views.ResultsOut))
+    @app.post("/v1/queues/{name}/nack", **route_doc(NackIn, views.ResultsOut))
     async def nack(name: str, request: Request) -> Response:
         engine = await queues.get(name)
         body: NackIn = await _decode(request, NackIn)
@@ -329,13 +287,13 @@ def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
 
     # -- inspection and dead letters -------------------------------------------------------
 
-    @app.get("/v1/queues/{name}/stats", **_doc(None, views.StatsOut))
+    @app.get("/v1/queues/{name}/stats", **route_doc(None, views.StatsOut))
     async def stats(name: str) -> Response:
         engine = await queues.get(name)
         state = await asyncio.to_thread(engine.read_state)
         return _json(views.stats_out(state, int(time.time() * 1000)))
 
-    @app.get("/v1/queues/{name}/jobs", **_doc(None, views.JobsOut))
+    @app.get("/v1/queues/{name}/jobs", **route_doc(None, views.JobsOut))
     async def jobs(
         name: str,
         state: Literal["ready", "delayed", "claimed", "dead"] = "ready",
@@ -348,14 +306,18 @@ def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
         listing = await asyncio.to_thread(views.jobs_out, current, state, limit, now_ms, fetch)
         return _json(listing)
 
-    @app.post("/v1/queues/{name}/dead/redrive", **_doc(IdsIn, views.RedriveOut, body_optional=True))
+    @app.post(
+        "/v1/queues/{name}/dead/redrive", **route_doc(IdsIn, views.RedriveOut, body_optional=True)
+    )
     async def redrive(name: str, request: Request) -> Response:
         engine = await queues.get(name)
         ids = await _optional_ids(request)
         result = await engine.arun(Redrive(ids))
         return _json(views.RedriveOut(views.count(result)))
 
-    @app.post("/v1/queues/{name}/dead/purge", **_doc(IdsIn, views.PurgeOut, body_optional=True))
+    @app.post(
+        "/v1/queues/{name}/dead/purge", **route_doc(IdsIn, views.PurgeOut, body_optional=True)
+    )
     async def purge(name: str, request: Request) -> Response:
         engine = await queues.get(name)
         ids = await _optional_ids(request)
@@ -377,7 +339,7 @@ def _build_app(settings: BrokerSettings, queues: QueueRegistry) -> FastAPI:
     async def dashboard() -> HTMLResponse:
         return HTMLResponse(DASHBOARD_HTML)
 
-    _publish_schemas(app)
+    publish_schemas(app)
     return app
 
 
@@ -421,37 +383,3 @@ async def _adopt_new_queues(queues: QueueRegistry, every_s: float) -> None:
 async def _optional_ids(request: Request) -> tuple[str, ...] | None:
     body: IdsIn | None = await _decode_optional(request, IdsIn)
     return None if body is None or body.ids is None else tuple(body.ids)
-
-
-def _publish_schemas(app: FastAPI) -> None:
-    """Put msgspec's schemas of the bodies into FastAPI's generated OpenAPI document."""
-    base = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = base()
-            _, components = msgspec.json.schema_components(
-                REQUEST_TYPES + RESPONSE_TYPES, ref_template="#/components/schemas/{name}"
-            )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
-            _document_queue_names(schema)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _document_queue_names(schema: dict[str, Any]) -> None:
-    """Publish the queue-name limit on every ``{name}`` and drop FastAPI's 422 answer.
-
-    The handlers check names themselves (``check_queue_name``, a 400 naming the rule), so
-    FastAPI never validates the parameter and never answers 422; the document says so.
-    """
-    for operations in schema.get("paths", {}).values():
-        for operation in operations.values():
-            operation.get("responses", {}).pop("422", None)
-            for parameter in operation.get("parameters", []):
-                if parameter.get("in") == "path" and parameter.get("name") == "name":
-                    parameter["schema"].update(
-                        pattern=f"^{NAME_PATTERN.pattern}$", minLength=1, maxLength=63
-                    )

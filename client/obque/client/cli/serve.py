@@ -27,12 +27,18 @@ __all__ = ["broker", "demo"]
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds without a leader heartbeat before a standby takes over (10).",
 )
-@click.option("--take-serverless", is_flag=True, help="Take over serverless queues.")
+@click.option(
+    "--take-serverless",
+    is_flag=True,
+    help="Lead queues a serverless deployment (Lambda, Cloud Functions) advertises, "
+    "instead of standing by for them.",
+)
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
+    help="Least severe JSON log line written on stderr.",
 )
 def broker(
     root: str | None,

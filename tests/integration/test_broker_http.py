@@ -1426,3 +1426,17 @@ def test_a_nack_with_delay_0_wakes_a_parked_long_poll(
     # Woken by the nack: the lease of the job it held lapses in 60 s and nothing else was
     # due, so without the wake-up it would have answered empty-handed after its 20 s.
     assert elapsed < 15, elapsed
+
+
+def test_a_retried_keyed_push_on_a_full_queue_answers_its_id_not_429(
+    http: httpx.Client, request: pytest.FixtureRequest
+) -> None:
+    """The retry of a keyed push whose first answer was lost must not meet queue_full:
+    its job is there, so the broker answers its id (and the client returns it)."""
+    name = make_queue(http, request, max_jobs=2)
+    first = push(http, name, {"payload": 1, "key": "order-7"})
+    push(http, name, {"payload": 2})  # the queue is full now
+    again = push(http, name, {"payload": 1, "key": "order-7"})
+    assert again["ids"] == first["ids"] and again["duplicates"] == first["ids"]
+    response = http.post(f"/v1/queues/{name}/push", json={"jobs": [{"payload": 3}]})
+    assert_error(response, 429, "queue_full", "max_jobs")

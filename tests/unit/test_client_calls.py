@@ -42,6 +42,7 @@ from obque.core import (
     QueueFileCorrupt,
     QueueFull,
     QueueNotFound,
+    StoreForbidden,
     StoreUnavailable,
     Unauthorized,
 )
@@ -452,6 +453,7 @@ ERROR_CODES: list[tuple[int, str, type[ObqueError]]] = [
     (413, "payload_too_large", PayloadTooLarge),
     (429, "queue_full", QueueFull),
     (500, "queue_file_corrupt", QueueFileCorrupt),
+    (500, "store_forbidden", StoreForbidden),
     (503, "store_unavailable", StoreUnavailable),
     (503, "not_leader", NotLeader),
 ]

@@ -44,6 +44,7 @@ from obque.core import (
     QueueState,
     Redrive,
     Result,
+    StoreForbidden,
     StoreUnavailable,
     Unauthorized,
 )
@@ -302,6 +303,7 @@ _ERRORS: dict[str, type[ObqueError]] = {
     "payload_too_large": PayloadTooLarge,
     "queue_full": QueueFull,
     "queue_file_corrupt": QueueFileCorrupt,
+    "store_forbidden": StoreForbidden,
     "store_unavailable": StoreUnavailable,
 }
 

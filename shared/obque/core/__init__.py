@@ -18,6 +18,7 @@ from obque.core.errors import (
     QueueFull,
     QueueNotFound,
     StoreError,
+    StoreForbidden,
     StoreUnavailable,
     Unauthorized,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "Result",
     "Stats",
     "StoreError",
+    "StoreForbidden",
     "StoreUnavailable",
     "Unauthorized",
     "apply",

@@ -120,3 +120,27 @@ def test_a_poll_counts_as_parked_only_once_its_claim_found_nothing(
     answer = engine.claim(Claim.of("w"), WAIT_S)
     assert len(answer.jobs) == 1
     assert in_flight == [0, 0]
+
+
+def test_a_delayed_push_while_a_poll_waits_wakes_it_when_the_job_comes_due(
+    engine: QueueEngine,
+) -> None:
+    """The poll parked on an empty queue with no timer (nothing was due). A job pushed
+    with a short delay leaves nothing ready, but its due time is earlier than the poll's
+    own deadline: the poll must re-arm for it instead of sleeping through its wait."""
+    answers: list[ClaimResult] = []
+    poll = threading.Thread(
+        target=lambda: answers.append(engine.claim(Claim.of("w"), WAIT_S)), daemon=True
+    )
+    poll.start()
+    deadline = threading.Event()
+    while engine.parked_claims == 0 and not deadline.wait(0.01):
+        pass  # until the poll's claim found nothing and it parked
+    landed = engine.run(Push.of([NewJob.of("soon", delay_seconds=0.3)]))
+    assert isinstance(landed, PushResult)
+    poll.join(HANG_GUARD_S)
+    if poll.is_alive():
+        pytest.fail("the parked poll slept through a delayed job that came due")
+    [answer] = answers
+    assert [job.id for job in answer.jobs] == list(landed.ids)
+    assert engine.parked_claims == 0

@@ -16,6 +16,12 @@ future registered and resolves it, so parking returns at once. (Registered only 
 the empty answer, that future would miss the wake, and with a job ready and thus no
 due time there would be no timer either: the poll waited out its whole wait.)
 
+A commit that leaves nothing ready but brings the next due time forward (a job pushed
+with a short delay, a claim taken with a short lease) also wakes the parked polls when
+it is earlier than every timer they armed: they claim again, find nothing, and park
+with a timer for the new due time. Otherwise a delayed job pushed while a poll waited
+would become ready unseen until that poll's wait ended.
+
 A process that is not the queue's only writer (an in-process client beside other
 processes) hears nothing of the others' pushes, so its waiters also wake every
 ``OTHERS_POLL_S`` to look at the file again.
@@ -34,6 +40,7 @@ __all__ = ["OTHERS_POLL_S", "ReadySignal"]
 
 #: How often a long poll re-reads the file when other processes may write it.
 OTHERS_POLL_S = 0.5
+_NEVER_MS = 2**63
 
 
 class ReadySignal:
@@ -43,8 +50,9 @@ class ReadySignal:
         self.committer = committer
         self._lock = threading.Lock()
         self._waiters: list[Future[None]] = []
-        # Those of ``_waiters`` whose claim found nothing and which wait now.
-        self._parked: set[Future[None]] = set()
+        # Those of ``_waiters`` whose claim found nothing and which wait now, with the
+        # time (ms) each wakes by itself: its timer or its deadline.
+        self._parked: dict[Future[None], int] = {}
         self._due_cache: tuple[QueueState | None, int | None] = (None, None)
 
     @property
@@ -66,7 +74,8 @@ class ReadySignal:
         with self._lock:
             if waiter.done() or waiter not in self._waiters:
                 return  # woken already: a job may be ready, no need to wait
-            self._parked.add(waiter)
+            # Until its timer is known, any due time a commit brings wakes it.
+            self._parked[waiter] = _NEVER_MS
         due = self._due_ms()
         delay = None if due is None else max(0.0, due / 1000 - self.committer.clock()) + 0.002
         if not self.committer.trust_cache:
@@ -75,20 +84,34 @@ class ReadySignal:
             timer = threading.Timer(delay, _wake, (waiter,))
             timer.daemon = True
             timer.start()
+        wakes_ms = self.committer.now_ms() + int(min(timeout, delay or timeout) * 1000)
+        with self._lock:
+            if waiter in self._parked:
+                self._parked[waiter] = wakes_ms
 
     def drop(self, waiter: Future[None]) -> None:
         with self._lock:
-            self._parked.discard(waiter)
+            self._parked.pop(waiter, None)
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
     def wake_if_ready(self, state: QueueState) -> None:
-        """After a commit: wake every parked poll if ``state`` has a ready job."""
+        """After a commit: wake every waiting poll if ``state`` has a ready job, or if
+        its next due time is earlier than any parked poll would wake by itself."""
         with self._lock:
             if not self._waiters:
                 return
+            armed = min(self._parked.values(), default=None)
         now = self.committer.now_ms()
-        if any(j.claim is None and j.ready_ms <= now for j in state.jobs.values()):
+        due: int | None = None
+        for job in state.jobs.values():  # one pass, stopping at the first ready job
+            if job.claim is None and job.ready_ms <= now:
+                self.wake_all()
+                return
+            at = job.claim.expires_ms + 1 if job.claim is not None else job.ready_ms
+            if at > now and (due is None or at < due):
+                due = at
+        if armed is not None and due is not None and due < armed:
             self.wake_all()
 
     def wake_all(self) -> None:

@@ -10,7 +10,10 @@ are reused as soon as a file is gone and mtimes can be as coarse as the filesyst
 clock tick, so ``inode-mtime-size`` could come back after two equal-size writes within
 one tick and let a stale compare-and-set through. A content hash repeats only when the
 bytes do, and then building on them is exactly as safe (queue files embed a revision).
-BLAKE2b runs at about 1 GB/s, so hashing a 30 MB file costs some 30 ms per write.
+A write hashes twice (the current file, to compare its token, and the new bytes) and reads
+the current file once. BLAKE2b ran at about 1.4 GB/s on the 2-vCPU test machine, so that
+is some 15 ms per write for the 10.6 MB file of 100,000 small jobs and 95 ms for a file at
+the default ``max_inline_bytes`` (66 MB); ``bench/sizing.py`` measures it.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import signal
 import socket
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from obque.broker.app import create_app
 from obque.broker.logs import configure_logging
 from obque.broker.queues import QueueRegistry
 from obque.broker.settings import BrokerSettings
-from obque.core import InvalidRequest, MissingDependency, StoreError
+from obque.core import InvalidRequest, MissingDependency, StoreError, StoreUnavailable
 
 __all__ = ["bind_socket", "check_bind", "check_root", "default_advertise", "is_loopback", "serve"]
 
@@ -128,10 +129,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def check_root(queues: QueueRegistry) -> None:
     """List the root once before serving, so that a root the broker cannot use (no
-    credentials, no such bucket, access denied, unreachable) stops it with one line
-    instead of a traceback from inside the app's startup."""
+    credentials, no such bucket, access denied) stops it with one line instead of a
+    traceback from inside the app's startup. A store that is only unavailable (a 5xx, a
+    timeout) does not stop it: the broker starts and adopts the queues when it can."""
     try:
         queues.root.queue_names()
+    except StoreUnavailable as exc:
+        logging.getLogger("obque.broker").warning("scanning the root failed: %s", exc)
     except StoreError as exc:
         raise StoreError(f"cannot serve the root: {exc.message}") from None
 

@@ -68,6 +68,15 @@ def serve(
         ) from exc
 
     configure_logging(log_level)  # JSON lines on stderr (``obque.broker.logs``)
+    # uvicorn drains on SIGTERM (no new connections, in-flight requests answered, then
+    # the lifespan shutdown commits what is pending and withdraws the URL), and then
+    # re-raises the signal so that the process dies of it: exit status -15 / 143, which
+    # a supervisor cannot tell from a broker killed mid-commit. uvicorn re-raises into
+    # the handler that was in place before it started, so this one turns a drained
+    # shutdown into exit 0. A SIGTERM that comes before uvicorn listens ends the
+    # process at once, as cleanly: nothing has been served yet (the bound port is
+    # closed on the way out).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     # The port first: uvicorn runs the app's lifespan (which takes the lead of every queue
     # under the root) before it binds, so a broker started on a port already in use would
     # fence the live broker there, fail to bind, and withdraw. Bound here, a clash is one
@@ -90,14 +99,6 @@ def serve(
             log_config=None,  # uvicorn's loggers propagate to the JSON handler set up above
             timeout_graceful_shutdown=30,
         )
-        # uvicorn drains on SIGTERM (no new connections, in-flight requests answered, then
-        # the lifespan shutdown commits what is pending and withdraws the URL), and then
-        # re-raises the signal so that the process dies of it: exit status -15 / 143, which
-        # a supervisor cannot tell from a broker killed mid-commit. uvicorn re-raises into
-        # the handler that was in place before it started, so this one turns a drained
-        # shutdown into exit 0. A SIGTERM that comes before uvicorn listens ends the
-        # process at once, as cleanly: nothing has been served yet.
-        signal.signal(signal.SIGTERM, _exit_cleanly)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -99,7 +100,13 @@ def serve(
             log_config=None,  # uvicorn's loggers propagate to the JSON handler set up above
             timeout_graceful_shutdown=30,
         )
-        uvicorn.Server(config).run(sockets=[sock])
+        server = uvicorn.Server(config)
+        # Ctrl-C: uvicorn drains as for SIGTERM, then re-raises SIGINT; as ``uvicorn.run``
+        # does, a drained stop is a clean exit.
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run(sockets=[sock])
+        if not server.started:
+            raise SystemExit(3)  # uvicorn's own startup failure, already logged
     finally:
         sock.close()
 

@@ -19,15 +19,11 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +33,7 @@ import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from e2e_support import Cli, FrontHandler, LoopbackServer, push_work_and_check
 from lambda_events import DOMAIN, REGION, function_url_event
 from lambda_runtime import LambdaEnvironments, RuntimeApi
 from obque_infra.queue_resource import apply_event
@@ -106,35 +103,21 @@ class FunctionUrlFront:
     def __post_init__(self) -> None:
         front = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _answer(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-                self.send_response(status)
-                for name, value in headers.items():
-                    if name.lower() not in ("content-length", "connection", "transfer-encoding"):
-                        self.send_header(name, value)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(FrontHandler):
             def _forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                body = self.body()
                 url = urlsplit(self.path)
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 headers.pop("proxy-connection", None)
                 if url.hostname != DOMAIN:
-                    self._answer(502, {}, b"this front serves only the Function URL")
+                    self.answer(502, {}, b"this front serves only the Function URL")
                     return
                 problem = signature_problem(
                     self.command, self.path, headers, body, front.credentials
                 )
                 if problem:
                     front.refused.append(problem)
-                    self._answer(
+                    self.answer(
                         403, {"content-type": "application/json"}, b'{"Message":"Forbidden"}'
                     )
                     return
@@ -148,29 +131,17 @@ class FunctionUrlFront:
                 )
                 invocation = front.api.invoke(event)
                 if invocation.error:
-                    self._answer(502, {}, b"Internal Server Error")
+                    self.answer(502, {}, b"Internal Server Error")
                     return
                 answer = invocation.payload()
                 raw = (answer.get("body") or "").encode()
                 if answer.get("isBase64Encoded"):
                     raw = base64.b64decode(raw)
-                self._answer(answer["statusCode"], answer.get("headers") or {}, raw)
+                self.answer(answer["statusCode"], answer.get("headers") or {}, raw)
 
             do_GET = do_POST = do_PUT = do_DELETE = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http = LoopbackServer(Handler)
 
 
 # -- the deployment ---------------------------------------------------------------------
@@ -179,23 +150,10 @@ class FunctionUrlFront:
 @dataclass
 class Deployment:
     target: str
-    env: dict[str, str]
+    obque: Cli
     front: FunctionUrlFront
     server: StoreServer
     key: str
-
-    def obque(self, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
-        """Run the ``obque`` CLI as a user on a laptop would; fail with its output."""
-        done = subprocess.run(
-            [str(Path(sys.executable).parent / "obque"), *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-        )
-        assert done.returncode == 0, f"obque {' '.join(args)}: {done.stdout}\n{done.stderr}"
-        return done.stdout
 
     def queue_file(self) -> dict[str, Any]:
         with self.server.applied():
@@ -239,13 +197,14 @@ def deployment(
         with environments.running(ENVIRONMENTS):
             key = moto_server.env["AWS_ACCESS_KEY_ID"]
             front = FunctionUrlFront(api, {key: moto_server.env["AWS_SECRET_ACCESS_KEY"]})
-            user_env.update({"HTTP_PROXY": front.url, "http_proxy": front.url})
+            proxy = front.http.url
+            user_env.update({"HTTP_PROXY": proxy, "http_proxy": proxy})
             try:
                 yield Deployment(
-                    outcome.physical_id, user_env, front, moto_server, f"{prefix}queue.json"
+                    outcome.physical_id, Cli(user_env), front, moto_server, f"{prefix}queue.json"
                 )
             finally:
-                front.close()
+                front.http.close()
 
 
 def test_the_deployed_queue_advertises_its_function_url(deployment: Deployment) -> None:
@@ -258,7 +217,7 @@ def test_the_deployed_queue_advertises_its_function_url(deployment: Deployment) 
 def test_an_unsigned_request_never_reaches_the_function(deployment: Deployment) -> None:
     """The front is a real gate: without a signature (or with a wrong one) it answers 403."""
     refused_before = len(deployment.front.refused)
-    proxy = deployment.front.url
+    proxy = deployment.front.http.url
     with httpx.Client(proxy=proxy, trust_env=False, timeout=30) as http:
         bare = http.get(f"{BROKER_URL}v1/queues/queue/stats")
         forged = http.get(
@@ -277,24 +236,7 @@ def test_push_work_and_stats_through_the_signed_function_url(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     signed_before, refused_before = deployment.front.signed, len(deployment.front.refused)
-    lines = "".join(json.dumps({"n": n}) + "\n" for n in range(JOBS))
-    deployment.obque("push", deployment.target, "-", stdin=lines)
-    # A job whose command fails twice is dead-lettered (the queue allows 2 attempts).
-    deployment.obque("push", deployment.target, '{"fail": true}')
-    done = tmp_path / "done.jsonl"
-    command = (
-        f'{sys.executable} -c "import json, sys; p = json.load(sys.stdin); '
-        f"sys.exit('refused') if p.get('fail') else "
-        f"open({str(done)!r}, 'a').write(json.dumps(p) + chr(10))\""
-    )
-    deployment.obque("work", deployment.target, "--command", command, "--max-jobs", str(JOBS + 2))
-    seen = [json.loads(line)["n"] for line in done.read_text().splitlines()]
-    assert sorted(seen) == list(range(JOBS))  # each job exactly once, none lost
-    stats = json.loads(deployment.obque("stats", deployment.target, "--json"))
-    assert (stats["ready"], stats["claimed"], stats["dead"]) == (0, 0, 1), stats
-    assert stats["acked"] >= JOBS, stats
-    dead = deployment.obque("dead", "list", deployment.target)
-    assert "refused" in dead, dead
+    push_work_and_check(deployment.obque, deployment.target, tmp_path, JOBS)
     # Every one of those calls was signed by the client and checked by the front.
     assert deployment.front.signed > signed_before + 2
     assert deployment.front.refused[refused_before:] == []

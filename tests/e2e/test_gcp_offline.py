@@ -23,22 +23,20 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from e2e_support import Cli, FrontHandler, LoopbackServer, push_work_and_check
 from google.auth import crypt, jwt
-from infra_tools import INFRA, missing
+from infra_tools import INFRA, terraform
 from servers import StoreServer, free_ports
 
 from obque.core import decode_state
@@ -66,43 +64,6 @@ def _key_pair() -> tuple[str, str]:
     return private, public
 
 
-class _Http:
-    """A threaded loopback HTTP server around one request handler class."""
-
-    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class _Quiet(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def answer(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            if name.lower() not in ("content-length", "connection", "transfer-encoding"):
-                self.send_header(name, value)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def body(self) -> bytes:
-        return self.rfile.read(int(self.headers.get("content-length") or 0))
-
-
 @dataclass
 class TokenIssuer:
     """Google's OAuth token endpoint, as far as a service-account key uses it."""
@@ -115,7 +76,7 @@ class TokenIssuer:
         signer = crypt.RSASigner.from_string(self.private_key, "issuer-1")
         issuer = self
 
-        class Handler(_Quiet):
+        class Handler(FrontHandler):
             def do_POST(self) -> None:
                 form = {k: v[0] for k, v in parse_qs(self.body().decode()).items()}
                 try:
@@ -140,7 +101,7 @@ class TokenIssuer:
                     body = {"id_token": jwt.encode(signer, payload).decode()}
                 self.answer(200, {"content-type": "application/json"}, json.dumps(body).encode())
 
-        self.http = _Http(Handler)
+        self.http = LoopbackServer(Handler)
 
     @property
     def url(self) -> str:
@@ -159,7 +120,7 @@ class CloudFunctionsFront:
     def __post_init__(self) -> None:
         front = self
 
-        class Handler(_Quiet):
+        class Handler(FrontHandler):
             def _forward(self) -> None:
                 body = self.body()
                 url = urlsplit(self.path)
@@ -193,7 +154,7 @@ class CloudFunctionsFront:
 
             do_GET = do_POST = do_PUT = do_DELETE = _forward
 
-        self.http = _Http(Handler)
+        self.http = LoopbackServer(Handler)
 
     def token_problem(self, authorization: str) -> str:
         """Why a request may not call the function ("" when it may)."""
@@ -219,15 +180,6 @@ class CloudFunctionsFront:
 # -- the deployment ---------------------------------------------------------------------
 
 
-def _terraform() -> str:
-    import shutil
-
-    cli = shutil.which("terraform")
-    if cli is None:
-        missing("terraform")
-    return cli
-
-
 def rendered_queue_file(workdir: Path, name: str) -> bytes:
     """The queue file the Terraform module would upload, rendered by ``terraform apply``
     of its provider-free ``queue-file`` submodule."""
@@ -245,7 +197,7 @@ def rendered_queue_file(workdir: Path, name: str) -> bytes:
         ["output", "-raw", "content"],
     ):
         done = subprocess.run(
-            [_terraform(), *command],
+            [terraform(), *command],
             cwd=workdir,
             env=env,
             capture_output=True,
@@ -258,21 +210,9 @@ def rendered_queue_file(workdir: Path, name: str) -> bytes:
 @dataclass
 class Deployment:
     target: str
-    env: dict[str, str]
+    obque: Cli
     front: CloudFunctionsFront
     issuer: TokenIssuer
-
-    def obque(self, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
-        done = subprocess.run(
-            [str(Path(sys.executable).parent / "obque"), *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-        )
-        assert done.returncode == 0, f"obque {' '.join(args)}: {done.stdout}\n{done.stderr}"
-        return done.stdout
 
 
 def _wait_healthy(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
@@ -354,7 +294,7 @@ def deployment(
     )
     try:
         _wait_healthy(process, backend, log)
-        yield Deployment(fake_gcs_server.uri(f"{prefix}queue.json"), user_env, front, issuer)
+        yield Deployment(fake_gcs_server.uri(f"{prefix}queue.json"), Cli(user_env), front, issuer)
     finally:
         front.http.close()
         issuer.http.close()
@@ -385,25 +325,8 @@ def test_push_work_and_stats_through_the_cloud_function(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     refused_before = len(deployment.front.refused)
-    lines = "".join(json.dumps({"n": n}) + "\n" for n in range(JOBS))
-    deployment.obque("push", deployment.target, "-", stdin=lines)
-    deployment.obque("push", deployment.target, '{"fail": true}')
-    done = tmp_path / "done.jsonl"
-    command = (
-        f'{sys.executable} -c "import json, sys; p = json.load(sys.stdin); '
-        f"sys.exit('refused') if p.get('fail') else "
-        f"open({str(done)!r}, 'a').write(json.dumps(p) + chr(10))\""
-    )
     # Eight at a time: GCS takes one write per second per object, so acks are batched.
-    deployment.obque(
-        "work", deployment.target, "--command", command, "--max-jobs", str(JOBS + 2), "-n", "8"
-    )
-    seen = [json.loads(line)["n"] for line in done.read_text().splitlines()]
-    assert sorted(seen) == list(range(JOBS))
-    stats = json.loads(deployment.obque("stats", deployment.target, "--json"))
-    assert (stats["ready"], stats["claimed"], stats["dead"]) == (0, 0, 1), stats
-    assert stats["acked"] >= JOBS, stats
-    assert "refused" in deployment.obque("dead", "list", deployment.target)
+    push_work_and_check(deployment.obque, deployment.target, tmp_path, JOBS, concurrency=8)
     # The client asked Google's (stand-in) token service for the function's audience,
     # and every call it made was admitted on that token.
     assert FUNCTION_URL in deployment.issuer.issued

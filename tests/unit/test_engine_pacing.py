@@ -18,37 +18,24 @@ import pytest
 
 from obque.commit import QueueEngine, create_queue
 from obque.core import NewJob, Push, PushResult
-from obque.store import Backend, Snapshot, Store, open_store
+from obque.store import Backend, Store, WrappedBackend, open_store
 from obque.store.memory import MemoryBackend
 
 INTERVAL_S = 0.3
 
 
-class _DeclaresInterval(Backend):
+class _DeclaresInterval(WrappedBackend):
     """A memory bucket that declares ``INTERVAL_S`` between writes and records when
     each write began, without ever waiting itself."""
 
-    min_write_interval = INTERVAL_S
-
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+        super().__init__(inner)
+        self.min_write_interval = INTERVAL_S
         self.write_starts: list[float] = []
-
-    def get(self, key: str) -> Snapshot | None:
-        return self.inner.get(key)
 
     def put(self, key: str, data: bytes, expected: str | None) -> str:
         self.write_starts.append(time.monotonic())
         return self.inner.put(key, data, expected)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def list(self, prefix: str) -> list[str]:
-        return self.inner.list(prefix)
-
-    def uri(self, key: str) -> str:
-        return self.inner.uri(key)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 
 from obque.commit import Leadership, QueueEngine, create_queue
 from obque.core import NewJob, Push, PushResult
-from obque.store import Snapshot, Store
+from obque.store import Store, WrappedBackend
 from obque.store.memory import MemoryBackend
 from obque.store.port import Backend
 
@@ -30,16 +30,13 @@ EVERY_MS = TIMEOUT_S * 1000 / 3
 MARGIN_MS = 0.3 * EVERY_MS
 
 
-class RecordingBackend(Backend):
+class RecordingBackend(WrappedBackend):
     """A real memory bucket that keeps every queue file written to it."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.files: list[dict[str, object]] = []
         self._lock = threading.Lock()
-
-    def get(self, key: str) -> Snapshot | None:
-        return self.inner.get(key)
 
     def put(self, key: str, data: bytes, expected: str | None) -> str:
         token = self.inner.put(key, data, expected)
@@ -47,15 +44,6 @@ class RecordingBackend(Backend):
             with self._lock:
                 self.files.append(json.loads(data))
         return token
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def list(self, prefix: str) -> list[str]:
-        return self.inner.list(prefix)
-
-    def uri(self, key: str) -> str:
-        return self.inner.uri(key)
 
 
 @pytest.fixture

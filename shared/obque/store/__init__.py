@@ -8,6 +8,7 @@ token = store.write(data, expected=snap.token)   # expected=None: create only
 
 from obque.core.errors import AmbiguousWrite, Conflict, StoreError, StoreUnavailable
 from obque.store.port import Backend, RequestCounts, Root, Snapshot, Store
+from obque.store.shaping import WrappedBackend
 from obque.store.uri import DEFAULT_QUEUE, open_root, open_store, split_uri
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "WrappedBackend",
     "open_root",
     "open_store",
     "split_uri",

@@ -13,7 +13,13 @@ import time
 from obque.core.errors import AmbiguousWrite, Conflict, StoreUnavailable
 from obque.store.port import Backend, RequestCounts, Snapshot
 
-__all__ = ["LATENCY_PROFILES", "CountingBackend", "FaultBackend", "LatencyBackend"]
+__all__ = [
+    "LATENCY_PROFILES",
+    "CountingBackend",
+    "FaultBackend",
+    "LatencyBackend",
+    "WrappedBackend",
+]
 
 #: Named latency models: (read ms, write ms, minimum ms between writes of one object).
 LATENCY_PROFILES: dict[str, tuple[float, float, float]] = {
@@ -23,11 +29,26 @@ LATENCY_PROFILES: dict[str, tuple[float, float, float]] = {
 }
 
 
-class _Wrapper(Backend):
+class WrappedBackend(Backend):
+    """A backend around another that passes every call through: subclass it and
+    override only the calls to shape, count or record."""
+
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
         self.min_write_interval = inner.min_write_interval
         self.counts = inner.counts
+
+    def get(self, key: str) -> Snapshot | None:
+        return self.inner.get(key)
+
+    def put(self, key: str, data: bytes, expected: str | None) -> str:
+        return self.inner.put(key, data, expected)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def list(self, prefix: str) -> list[str]:
+        return self.inner.list(prefix)
 
     def uri(self, key: str) -> str:
         return self.inner.uri(key)
@@ -36,7 +57,7 @@ class _Wrapper(Backend):
         self.inner.close()
 
 
-class LatencyBackend(_Wrapper):
+class LatencyBackend(WrappedBackend):
     """Sleeps like a remote store: a fixed time per read and write, and a minimum
     interval between two writes of one object (the next write waits its turn)."""
 
@@ -74,7 +95,7 @@ class LatencyBackend(_Wrapper):
         return self.inner.list(prefix)
 
 
-class FaultBackend(_Wrapper):
+class FaultBackend(WrappedBackend):
     """Fails a reproducible fraction of calls the way remote stores fail.
 
     Writes fail as a spurious conflict, a 5xx-like error, a timeout before sending, or an
@@ -132,7 +153,7 @@ class FaultBackend(_Wrapper):
         return self.inner.list(prefix)
 
 
-class CountingBackend(_Wrapper):
+class CountingBackend(WrappedBackend):
     """Counts requests by kind; always the outermost layer of an opened store."""
 
     def __init__(self, inner: Backend) -> None:

@@ -495,9 +495,24 @@ def test_runtime_client_deadline_bounds_a_long_poll(pool: Pool) -> None:
     assert elapsed < 4, f"answered after {elapsed:.1f}s, past the 4 s deadline"
 
 
-def test_runtime_client_reports_an_init_error(moto_server: StoreServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("root", "error_type", "named"),
+    [
+        # A root obque cannot open.
+        ("ftp://bucket/", "InvalidStoreURI", "ftp"),
+        # No root at all: the cold start names the setting, instead of a function
+        # silently serving file://./.obque/ on its instance's disk.
+        (None, "ConfigurationError", "OBQUE_ROOT is not set"),
+    ],
+    ids=["bad-root", "missing-root"],
+)
+def test_runtime_client_reports_an_init_error(
+    moto_server: StoreServer, tmp_path: Path, root: str | None, error_type: str, named: str
+) -> None:
     """A handler that cannot be built posts ``/runtime/init/error`` and the process exits."""
-    env = {**moto_server.child_env(), "OBQUE_ROOT": "ftp://bucket/"}
+    env = {k: v for k, v in moto_server.child_env().items() if k != "OBQUE_ROOT"}
+    if root is not None:
+        env["OBQUE_ROOT"] = root
     with RuntimeApi() as api:
         environments = LambdaEnvironments(api, HANDLER, env, tmp_path)
         try:
@@ -506,8 +521,8 @@ def test_runtime_client_reports_an_init_error(moto_server: StoreServer, tmp_path
         finally:
             environments.stop()
     [report] = api.init_errors
-    assert report["errorType"] == "InvalidStoreURI", report
-    assert "ftp" in report["errorMessage"], report
+    assert report["errorType"] == error_type, report
+    assert named in report["errorMessage"], report
 
 
 def test_concurrent_invocations_group_commit(pool: Pool, record_property: Any) -> None:
@@ -675,22 +690,6 @@ def test_an_intent_whose_caller_gave_up_is_never_applied(
     assert isinstance(outcome["a"], StoreUnavailable), outcome  # A answered 503 ...
     assert "was revoked" in str(outcome["a"]), outcome
     assert payloads == ['"from-b"'], (a_applied, payloads)  # ... so its push must not land
-
-
-def test_runtime_client_reports_a_missing_root(moto_server: StoreServer, tmp_path: Path) -> None:
-    """Without ``OBQUE_ROOT`` the cold start fails with the setting named, instead of a
-    function silently serving ``file://./.obque/`` on its instance's disk."""
-    env = {k: v for k, v in moto_server.child_env().items() if k != "OBQUE_ROOT"}
-    with RuntimeApi() as api:
-        environments = LambdaEnvironments(api, HANDLER, env, tmp_path)
-        try:
-            [environment] = environments.start(1)
-            assert environment.popen.wait(60) == 1, environments.failure_report([environment])
-        finally:
-            environments.stop()
-    [report] = api.init_errors
-    assert report["errorType"] == "ConfigurationError", report
-    assert "OBQUE_ROOT is not set" in report["errorMessage"], report
 
 
 def test_store_outage_answers_503_with_retry_after(
